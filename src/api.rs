@@ -1,0 +1,307 @@
+//! The LeadSquared client: the Revoke call, its wire types, and what each answer means.
+//!
+//! Every answer is classified into an [`Outcome`] here, once, so the dispatcher decides on
+//! meanings (retry, pause, bisect) rather than on status codes. Keys never leave this module
+//! in a printable form: header values are marked sensitive and transport errors are stripped
+//! of their URL, which carries the keys when `api.auth = "query"`.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::config::{ApiSettings, AuthMode};
+use crate::job::Revocation;
+
+const REVOKE_PATH: &str = "v2/EntityAccess.svc/Revoke";
+const ACCESS_KEY_HEADER: &str = "x-LSQ-AccessKey";
+const SECRET_KEY_HEADER: &str = "x-LSQ-SecretKey";
+/// Error bodies are kept for operators, up to this many bytes.
+const MAX_MESSAGE_LEN: usize = 500;
+/// A `Retry-After` longer than this is treated as a mistake and capped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("setting `{0}` holds characters that cannot go in an HTTP header")]
+    BadKey(&'static str),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// One item of a Revoke call's body, as documented.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RevokeItem<'a> {
+    user_id: Uuid,
+    /// 1: lead
+    entity: u8,
+    /// 3: user
+    entity_type: u8,
+    entity_id: &'a str,
+    /// 1: activity
+    context_entity: u8,
+    context_entity_id: Uuid,
+    access_type: u8,
+}
+
+impl<'a> From<&'a Revocation> for RevokeItem<'a> {
+    fn from(revocation: &'a Revocation) -> Self {
+        Self {
+            user_id: revocation.user,
+            entity: 1,
+            entity_type: 3,
+            entity_id: revocation.lead.as_str(),
+            context_entity: 1,
+            context_entity_id: revocation.activity,
+            access_type: revocation.access as u8,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Accepted {
+    status: String,
+    message: AcceptedMessage,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AcceptedMessage {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    exception_message: Option<String>,
+}
+
+/// What an answer means for the jobs in the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200 with a request Id: the jobs are `submitted`.
+    Accepted { request_id: String },
+    /// 429: the account's budget is spent (possibly by another integration). Pause everything.
+    RateLimited { retry_after: Option<Duration> },
+    /// 400 (and 413/422): something in the body is not acceptable. Bisect to find it.
+    Rejected { message: String },
+    /// 401/403/404: the keys, host or path are wrong. Pause everything until fixed.
+    Misconfigured { status: u16, message: String },
+    /// 5xx, 408, timeouts, connection errors, unreadable answers: try again later.
+    Retryable {
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+/// An answer with what was measured of it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub latency: Duration,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    revoke_url: Url,
+    auth: AuthMode,
+    access_key: SecretString,
+    secret_key: SecretString,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("revoke_url", &self.revoke_url.as_str())
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(settings: &ApiSettings) -> Result<Self, ClientError> {
+        let mut headers = HeaderMap::new();
+        if settings.auth == AuthMode::Header {
+            headers.insert(
+                ACCESS_KEY_HEADER,
+                sensitive(&settings.access_key, "api.access_key")?,
+            );
+            headers.insert(
+                SECRET_KEY_HEADER,
+                sensitive(&settings.secret_key, "api.secret_key")?,
+            );
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(settings.max_in_flight.max(1))
+            .user_agent(concat!("lsq-revoker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| ClientError::Build(err.without_url().to_string()))?;
+        let revoke_url = settings
+            .base_url
+            .join(REVOKE_PATH)
+            .map_err(|err| ClientError::Build(err.to_string()))?;
+        Ok(Self {
+            http,
+            revoke_url,
+            auth: settings.auth,
+            access_key: settings.access_key.clone(),
+            secret_key: settings.secret_key.clone(),
+        })
+    }
+
+    /// One Revoke call carrying `revocations`.
+    pub async fn revoke(&self, revocations: &[&Revocation]) -> Response {
+        let items: Vec<RevokeItem<'_>> = revocations.iter().map(|&r| r.into()).collect();
+        let started = Instant::now();
+        let request = self
+            .authorised(self.http.post(self.revoke_url.clone()))
+            .json(&items);
+        let (status, outcome) = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = retry_after(response.headers());
+                match response.bytes().await {
+                    Ok(body) => (Some(status.as_u16()), classify(status, retry_after, &body)),
+                    Err(err) => (Some(status.as_u16()), transport(status.as_u16(), err)),
+                }
+            }
+            Err(err) => (err.status().map(|s| s.as_u16()), transport_error(err)),
+        };
+        Response {
+            outcome,
+            status,
+            latency: started.elapsed(),
+        }
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.auth {
+            AuthMode::Header => request,
+            AuthMode::Query => request.query(&[
+                ("accessKey", self.access_key.expose_secret()),
+                ("secretKey", self.secret_key.expose_secret()),
+            ]),
+        }
+    }
+}
+
+fn sensitive(secret: &SecretString, key: &'static str) -> Result<HeaderValue, ClientError> {
+    let mut value =
+        HeaderValue::from_str(secret.expose_secret()).map_err(|_| ClientError::BadKey(key))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+/// The meaning of an HTTP answer.
+fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+    let message = || error_message(status, body);
+    match status.as_u16() {
+        200 => match serde_json::from_slice::<Accepted>(body) {
+            Ok(accepted) if accepted.status == "Success" && !accepted.message.id.is_empty() => {
+                Outcome::Accepted {
+                    request_id: accepted.message.id,
+                }
+            }
+            // The call may have been applied; revocation is idempotent, so sending again is safe.
+            _ => Outcome::Retryable {
+                status: Some(200),
+                message: format!("unexpected success body: {}", excerpt(body)),
+            },
+        },
+        429 => Outcome::RateLimited { retry_after },
+        400 | 413 | 422 => Outcome::Rejected { message: message() },
+        401 | 403 | 404 => Outcome::Misconfigured {
+            status: status.as_u16(),
+            message: message(),
+        },
+        code => Outcome::Retryable {
+            status: Some(code),
+            message: message(),
+        },
+    }
+}
+
+/// `HTTP 500: <ExceptionMessage>`, or the start of the body when it is not the documented JSON.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|error| error.exception_message)
+        .map_or_else(|| excerpt(body), |message| truncate(&message));
+    format!("HTTP {}: {detail}", status.as_u16())
+}
+
+fn excerpt(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    truncate(&String::from_utf8_lossy(body))
+}
+
+fn truncate(text: &str) -> String {
+    let text = text.trim();
+    if text.len() <= MAX_MESSAGE_LEN {
+        return text.to_owned();
+    }
+    let mut end = MAX_MESSAGE_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn transport(status: u16, err: reqwest::Error) -> Outcome {
+    Outcome::Retryable {
+        status: Some(status),
+        message: format!("HTTP {status}, body unreadable: {}", describe(err)),
+    }
+}
+
+fn transport_error(err: reqwest::Error) -> Outcome {
+    Outcome::Retryable {
+        status: None,
+        message: describe(err),
+    }
+}
+
+/// A transport error in words, with its causes, without the URL (it holds the keys in query mode).
+fn describe(err: reqwest::Error) -> String {
+    use std::fmt::Write as _;
+
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let err = err.without_url();
+    let mut message = format!("{kind}: {err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,121 @@
+//! The `lsq-revoker` binary: parse the command line, load settings, set up logs, run the
+//! command, report how it ended. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use lsq_revoker::config::{LogFormat, Settings};
+use lsq_revoker::{app, demo, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Drains a SQLite queue of LeadSquared lead-access revocations into paced, batched Revoke calls.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Settings file (TOML), layered over the built-in defaults and under LSQ_REVOKER__* variables.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Run the dispatcher (migrates first). Stops cleanly on SIGTERM or Ctrl-C.
+    Run {
+        /// Exit 0 once no job is pending, in flight or waiting for a retry.
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Run the whole service against the built-in simulator and a throwaway database.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&format!("{err:#}")),
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    match cli.command {
+        Command::Demo => {
+            let mut logging = Settings::load_with(None, demo_log_env())?.logging;
+            logging.format = LogFormat::Text;
+            telemetry::init(&logging)?;
+            tokio::spawn(stop_on_signal(cancel.clone()));
+            let report = demo::run(demo::DemoOptions::default(), cancel).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Migrate => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init(&settings.logging)?;
+            app::migrate(&settings).await
+        }
+        Command::Run { until_idle } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init(&settings.logging)?;
+            tokio::spawn(stop_on_signal(cancel.clone()));
+            app::run(Arc::new(settings), until_idle, cancel).await.map(drop)
+        }
+    }
+}
+
+/// The demo needs no keys; it logs warnings only, unless `RUST_LOG` asks for more.
+fn demo_log_env() -> Vec<(String, String)> {
+    vec![
+        ("LSQ_REVOKER__API__ACCESS_KEY".to_owned(), "demo".to_owned()),
+        ("LSQ_REVOKER__API__SECRET_KEY".to_owned(), "demo".to_owned()),
+        ("LSQ_REVOKER__LOGGING__LEVEL".to_owned(), "warn".to_owned()),
+    ]
+}
+
+/// Cancel on SIGTERM or Ctrl-C; a second signal exits at once.
+async fn stop_on_signal(cancel: CancellationToken) {
+    shutdown_signal().await;
+    tracing::info!("stop requested; finishing calls in flight");
+    cancel.cancel();
+    shutdown_signal().await;
+    tracing::warn!("second stop request; exiting now");
+    std::process::exit(130);
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,413 @@
+//! Every SQL statement the service runs, next to the migrations it depends on.
+//!
+//! Producers write into the same SQLite file while the dispatcher works, so the database runs in
+//! WAL mode with a busy timeout, and every write here is one short statement: a claim is a single
+//! `UPDATE … RETURNING`, and recording the outcome of a call touches all its jobs at once
+//! through `json_each`, never row by row.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::job::{JobId, JobRow, Status};
+
+/// Producers and operators get this long to wait for a write lock before SQLite says "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error of a store operation, naming what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("database: {action}: {source}")]
+pub struct StoreError {
+    action: &'static str,
+    #[source]
+    source: sqlx::Error,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+trait Context<T> {
+    fn doing(self, action: &'static str) -> Result<T>;
+}
+
+impl<T, E: Into<sqlx::Error>> Context<T> for std::result::Result<T, E> {
+    fn doing(self, action: &'static str) -> Result<T> {
+        self.map_err(|err| StoreError {
+            action,
+            source: err.into(),
+        })
+    }
+}
+
+/// A row as a producer inserts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewJob {
+    pub user_id: String,
+    pub entity_id: String,
+    pub context_entity_id: String,
+    pub access_type: i64,
+}
+
+/// A job that is to be tried again later, or given up on.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Retry {
+    pub id: JobId,
+    /// Unix ms before which the job is not claimed again.
+    pub run_after: i64,
+}
+
+/// Jobs per status, for the periodic summary and `until-idle`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+impl StatusCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.in_flight + self.submitted + self.completed + self.failed
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: Option<PathBuf>,
+}
+
+impl Store {
+    /// Open (creating the file and its directory if missing) without migrating.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .doing("reading database.url")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let path = Some(options.get_filename().to_path_buf())
+            .filter(|path| !path.as_os_str().is_empty() && path.as_os_str() != ":memory:");
+        if let Some(dir) = path.as_ref().and_then(|path| path.parent())
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(sqlx::Error::Io)
+                .doing("creating the database directory")?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .doing("opening the database")?;
+        Ok(Self { pool, path })
+    }
+
+    /// Open and bring the schema up to date.
+    pub async fn open(url: &str) -> Result<Self> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .doing("migrating the schema")
+    }
+
+    /// The database file, when it is one (not `:memory:`).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Insert jobs in one transaction, as a producer would (the demo, tests, benchmarks).
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<u64> {
+        let json = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "INSERT INTO revocation_jobs (user_id, entity_id, context_entity_id, access_type)
+             SELECT j.value ->> 'user_id', j.value ->> 'entity_id',
+                    j.value ->> 'context_entity_id', j.value ->> 'access_type'
+             FROM json_each(?1) AS j",
+        )
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .doing("inserting jobs")
+        .map(|done| done.rows_affected())
+    }
+
+    /// Return every `in_flight` job to `pending`. Only called by the dispatcher holding the
+    /// database's dispatcher lock, so any such row belongs to a process that died.
+    pub async fn release_stale_claims(&self, now: i64) -> Result<u64> {
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'pending', claimed_by = NULL, claimed_at = NULL, updated_at = ?1
+             WHERE status = 'in_flight'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("releasing stale claims")
+        .map(|done| done.rows_affected())
+    }
+
+    /// Claim up to `limit` jobs that are due, oldest first.
+    pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
+             WHERE id IN (SELECT id FROM revocation_jobs
+                          WHERE status = 'pending' AND run_after <= ?2
+                          ORDER BY id LIMIT ?3)
+             RETURNING id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
+                       CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .doing("claiming jobs")?;
+        let mut jobs = rows
+            .into_iter()
+            .map(|row| {
+                Ok(JobRow {
+                    id: row.try_get(0)?,
+                    user_id: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                    entity_id: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                    context_entity_id: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                    access_type: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    attempts: row.try_get(5)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .doing("reading claimed jobs")?;
+        jobs.sort_unstable_by_key(|job| job.id);
+        Ok(jobs)
+    }
+
+    /// The API accepted a call carrying `ids`.
+    pub async fn mark_submitted(&self, ids: &[JobId], request_id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
+                 last_error = NULL, submitted_at = ?3, updated_at = ?3,
+                 claimed_by = NULL, claimed_at = NULL
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_ids(ids))
+        .bind(request_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("recording submitted jobs")
+        .map(drop)
+    }
+
+    /// Jobs that can never succeed as they are: each with its own reason.
+    pub async fn mark_failed(&self, failures: &[(JobId, String)], now: i64) -> Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(
+            &failures
+                .iter()
+                .map(|(id, reason)| serde_json::json!({ "id": id, "reason": reason }))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'failed', last_error = j.value ->> 'reason',
+                 finished_at = ?2, updated_at = ?2, claimed_by = NULL, claimed_at = NULL
+             FROM json_each(?1) AS j
+             WHERE revocation_jobs.id = j.value ->> 'id'",
+        )
+        .bind(json)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("recording failed jobs")
+        .map(drop)
+    }
+
+    /// A call failed in a way worth retrying: count the attempt, then either schedule the next
+    /// one or, once `max_attempts` calls were made, give up with the error as the reason.
+    pub async fn mark_retry(
+        &self,
+        retries: &[Retry],
+        error: &str,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<()> {
+        if retries.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(retries).unwrap_or_default();
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET attempts = attempts + 1,
+                 status = CASE WHEN attempts + 1 >= ?3 THEN 'failed' ELSE 'pending' END,
+                 last_error = CASE WHEN attempts + 1 >= ?3
+                                   THEN 'gave up after ' || (attempts + 1) || ' attempts; last error: ' || ?2
+                                   ELSE ?2 END,
+                 finished_at = CASE WHEN attempts + 1 >= ?3 THEN ?4 END,
+                 run_after = j.value ->> 'run_after', updated_at = ?4,
+                 claimed_by = NULL, claimed_at = NULL
+             FROM json_each(?1) AS j
+             WHERE revocation_jobs.id = j.value ->> 'id'",
+        )
+        .bind(json)
+        .bind(error)
+        .bind(max_attempts)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("scheduling retries")
+        .map(drop)
+    }
+
+    /// Put claimed jobs back untouched: the call was not made, or did not count against them
+    /// (rate limited, bad credentials, shutting down).
+    pub async fn release(&self, ids: &[JobId], now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'pending', claimed_by = NULL, claimed_at = NULL, updated_at = ?2
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight'",
+        )
+        .bind(json_ids(ids))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("releasing claimed jobs")
+        .map(drop)
+    }
+
+    /// Release every job this dispatcher still holds (shutting down).
+    pub async fn release_claims_of(&self, owner: &str, now: i64) -> Result<u64> {
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'pending', claimed_by = NULL, claimed_at = NULL, updated_at = ?2
+             WHERE status = 'in_flight' AND claimed_by = ?1",
+        )
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("releasing claimed jobs")
+        .map(|done| done.rows_affected())
+    }
+
+    /// Record that a call starts now, before it is sent, so a crash cannot hide it from the
+    /// limiter after a restart.
+    pub async fn record_call_start(
+        &self,
+        endpoint: &str,
+        started_at: i64,
+        jobs: usize,
+    ) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO api_calls (started_at, endpoint, job_count) VALUES (?1, ?2, ?3) RETURNING id",
+        )
+        .bind(started_at)
+        .bind(endpoint)
+        .bind(i64::try_from(jobs).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .doing("recording a call")
+    }
+
+    pub async fn record_call_end(
+        &self,
+        call: i64,
+        http_status: Option<u16>,
+        latency: Duration,
+        request_id: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE api_calls SET http_status = ?2, latency_ms = ?3, request_id = ?4 WHERE id = ?1",
+        )
+        .bind(call)
+        .bind(http_status)
+        .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
+        .bind(request_id)
+        .execute(&self.pool)
+        .await
+        .doing("recording a call's answer")
+        .map(drop)
+    }
+
+    /// Start times (Unix ms) of the calls made since `since`.
+    pub async fn call_starts_since(&self, since: i64) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT started_at FROM api_calls WHERE started_at >= ?1 ORDER BY started_at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading recent calls")
+    }
+
+    /// Forget calls older than `before`; they no longer matter to the limiter.
+    pub async fn prune_calls(&self, before: i64) -> Result<u64> {
+        sqlx::query("DELETE FROM api_calls WHERE started_at < ?1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .doing("pruning the call log")
+            .map(|done| done.rows_affected())
+    }
+
+    pub async fn status_counts(&self) -> Result<StatusCounts> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM revocation_jobs GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .doing("counting jobs")?;
+        let by_status: BTreeMap<String, u64> = rows
+            .into_iter()
+            .map(|(status, count)| (status, u64::try_from(count).unwrap_or(0)))
+            .collect();
+        let count = |status: Status| by_status.get(status.as_str()).copied().unwrap_or(0);
+        Ok(StatusCounts {
+            pending: count(Status::Pending),
+            in_flight: count(Status::InFlight),
+            submitted: count(Status::Submitted),
+            completed: count(Status::Completed),
+            failed: count(Status::Failed),
+        })
+    }
+
+    /// When the earliest pending job becomes due (Unix ms), if any job is pending.
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MIN(run_after) FROM revocation_jobs WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .doing("looking for due jobs")
+    }
+}
+
+fn json_ids(ids: &[JobId]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned())
+}
