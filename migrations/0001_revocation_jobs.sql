@@ -1,5 +1,6 @@
 -- The queue producers write into, and the bookkeeping the dispatcher needs.
 -- Times are Unix epoch milliseconds (INTEGER), so they compare and sort cheaply.
+-- Defaults use julianday(), not unixepoch(), so producers on SQLite older than 3.38 can insert.
 
 CREATE TABLE revocation_jobs (
     id                INTEGER PRIMARY KEY,
@@ -17,8 +18,8 @@ CREATE TABLE revocation_jobs (
     -- the dispatcher instance holding the job while it is in_flight, and since when
     claimed_by        TEXT,
     claimed_at        INTEGER,
-    created_at        INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000 AS INTEGER)),
-    updated_at        INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000 AS INTEGER)),
+    created_at        INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    updated_at        INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
     submitted_at      INTEGER,
     finished_at       INTEGER
 );

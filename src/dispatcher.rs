@@ -448,18 +448,27 @@ impl Dispatcher {
             Outcome::Retryable { message, .. } => {
                 self.resume_if_probe_failed_otherwise(started);
                 let max_attempts = self.settings.retry.max_attempts;
+                // One delay for the whole call, so its jobs stay together in the next call.
+                let run_after = now + millis(self.backoff.delay(batch.attempt()));
                 let retries: Vec<Retry> = batch
                     .jobs()
                     .map(|job| Retry {
                         id: job.id,
-                        run_after: now + millis(self.backoff.delay(job.attempts + 1)),
+                        run_after,
                     })
                     .collect();
                 let given_up = batch
                     .jobs()
                     .filter(|job| job.attempts + 1 >= max_attempts)
                     .count();
-                warn!(jobs = retries.len(), given_up, error = %message, "call failed; jobs will be retried with backoff");
+                warn!(
+                    jobs = retries.len(),
+                    retrying = retries.len() - given_up,
+                    given_up,
+                    retry_in_ms = run_after - now,
+                    error = %message,
+                    "call failed"
+                );
                 persist(|| store.mark_retry(&retries, &message, max_attempts, now)).await?;
                 self.period.retried += (retries.len() - given_up) as u64;
                 self.period.failed += given_up as u64;

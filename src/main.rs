@@ -68,7 +68,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.logging)?;
             tokio::spawn(stop_on_signal(cancel.clone()));
-            app::run(Arc::new(settings), until_idle, cancel).await.map(drop)
+            app::run(Arc::new(settings), until_idle, cancel)
+                .await
+                .map(drop)
         }
     }
 }
