@@ -75,12 +75,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The demo needs no keys; it logs warnings only, unless `RUST_LOG` asks for more.
+/// The demo needs no keys; it logs errors only, unless `RUST_LOG` asks for more.
 fn demo_log_env() -> Vec<(String, String)> {
     vec![
         ("LSQ_REVOKER__API__ACCESS_KEY".to_owned(), "demo".to_owned()),
         ("LSQ_REVOKER__API__SECRET_KEY".to_owned(), "demo".to_owned()),
-        ("LSQ_REVOKER__LOGGING__LEVEL".to_owned(), "warn".to_owned()),
+        ("LSQ_REVOKER__LOGGING__LEVEL".to_owned(), "error".to_owned()),
     ]
 }
 
