@@ -18,6 +18,7 @@ use crate::config::{ApiSettings, AuthMode};
 use crate::job::Revocation;
 
 const REVOKE_PATH: &str = "v2/EntityAccess.svc/Revoke";
+const STATUS_PATH: &str = "v2/EntityAccess.svc/Status/Get";
 const ACCESS_KEY_HEADER: &str = "x-LSQ-AccessKey";
 const SECRET_KEY_HEADER: &str = "x-LSQ-SecretKey";
 /// Error bodies are kept for operators, up to this many bytes.
@@ -78,15 +79,31 @@ struct AcceptedMessage {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct StatusBody {
+    status: String,
+    message: Option<StatusMessage>,
+    share_status: Option<i64>,
+    error_message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StatusMessage {
+    response_text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct ErrorBody {
     exception_message: Option<String>,
 }
 
-/// What an answer means for the jobs in the call.
+/// What an answer means: `T` is what a successful answer carries (a request Id for Revoke, a
+/// [`StatusReport`] for Status/Get).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// 200 with a request Id: the jobs are `submitted`.
-    Accepted { request_id: String },
+pub enum Outcome<T> {
+    /// 200 with the documented body.
+    Accepted(T),
     /// 429: the account's budget is spent (possibly by another integration). Pause everything.
     RateLimited { retry_after: Option<Duration> },
     /// 400 (and 413/422): something in the body is not acceptable. Bisect to find it.
@@ -100,10 +117,20 @@ pub enum Outcome {
     },
 }
 
+/// What Status/Get says about a request. `ShareStatus` values other than the documented 6 are
+/// kept verbatim: the vendor does not say what they mean.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusReport {
+    pub share_status: Option<i64>,
+    pub response_text: Option<String>,
+    pub error_message: Option<String>,
+}
+
 /// An answer with what was measured of it.
 #[derive(Debug, Clone)]
-pub struct Response {
-    pub outcome: Outcome,
+pub struct Response<T> {
+    pub outcome: Outcome<T>,
     pub status: Option<u16>,
     pub latency: Duration,
 }
@@ -112,6 +139,7 @@ pub struct Response {
 pub struct Client {
     http: reqwest::Client,
     revoke_url: Url,
+    status_url: Url,
     auth: AuthMode,
     access_key: SecretString,
     secret_key: SecretString,
@@ -147,42 +175,50 @@ impl Client {
             .user_agent(concat!("lsq-revoker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| ClientError::Build(err.without_url().to_string()))?;
-        let revoke_url = settings
-            .base_url
-            .join(REVOKE_PATH)
-            .map_err(|err| ClientError::Build(err.to_string()))?;
+        let url = |path| {
+            settings
+                .base_url
+                .join(path)
+                .map_err(|err: url::ParseError| ClientError::Build(err.to_string()))
+        };
         Ok(Self {
             http,
-            revoke_url,
+            revoke_url: url(REVOKE_PATH)?,
+            status_url: url(STATUS_PATH)?,
             auth: settings.auth,
             access_key: settings.access_key.clone(),
             secret_key: settings.secret_key.clone(),
         })
     }
 
-    /// One Revoke call carrying `revocations`.
-    pub async fn revoke(&self, revocations: &[&Revocation]) -> Response {
+    /// One Revoke call carrying `revocations`; a success carries the request Id.
+    pub async fn revoke(&self, revocations: &[&Revocation]) -> Response<String> {
         let items: Vec<RevokeItem<'_>> = revocations.iter().map(|&r| r.into()).collect();
-        let started = Instant::now();
         let request = self
             .authorised(self.http.post(self.revoke_url.clone()))
             .json(&items);
-        let (status, outcome) = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                match response.bytes().await {
-                    Ok(body) => (Some(status.as_u16()), classify(status, retry_after, &body)),
-                    Err(err) => (Some(status.as_u16()), transport(status.as_u16(), err)),
-                }
-            }
-            Err(err) => (err.status().map(|s| s.as_u16()), transport_error(err)),
-        };
-        Response {
-            outcome,
-            status,
-            latency: started.elapsed(),
-        }
+        call(request, |body| {
+            let accepted: Accepted = serde_json::from_slice(body).ok()?;
+            (accepted.status == "Success" && !accepted.message.id.is_empty())
+                .then_some(accepted.message.id)
+        })
+        .await
+    }
+
+    /// One Status/Get call for `request_id`.
+    pub async fn status(&self, request_id: &str) -> Response<StatusReport> {
+        let request = self
+            .authorised(self.http.get(self.status_url.clone()))
+            .query(&[("id", request_id)]);
+        call(request, |body| {
+            let answer: StatusBody = serde_json::from_slice(body).ok()?;
+            (answer.status == "Success").then(|| StatusReport {
+                share_status: answer.share_status,
+                response_text: answer.message.and_then(|message| message.response_text),
+                error_message: answer.error_message.filter(|text| !text.trim().is_empty()),
+            })
+        })
+        .await
     }
 
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -193,6 +229,33 @@ impl Client {
                 ("secretKey", self.secret_key.expose_secret()),
             ]),
         }
+    }
+}
+
+/// Send, read the whole answer and classify it; `parse` reads a 200's body.
+async fn call<T>(
+    request: reqwest::RequestBuilder,
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+) -> Response<T> {
+    let started = Instant::now();
+    let (status, outcome) = match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            match response.bytes().await {
+                Ok(body) => (
+                    Some(status.as_u16()),
+                    classify(status, retry_after, &body, parse),
+                ),
+                Err(err) => (Some(status.as_u16()), transport(status.as_u16(), err)),
+            }
+        }
+        Err(err) => (err.status().map(|s| s.as_u16()), transport_error(err)),
+    };
+    Response {
+        outcome,
+        status,
+        latency: started.elapsed(),
     }
 }
 
@@ -215,17 +278,18 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The meaning of an HTTP answer.
-fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+fn classify<T>(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+) -> Outcome<T> {
     let message = || error_message(status, body);
     match status.as_u16() {
-        200 => match serde_json::from_slice::<Accepted>(body) {
-            Ok(accepted) if accepted.status == "Success" && !accepted.message.id.is_empty() => {
-                Outcome::Accepted {
-                    request_id: accepted.message.id,
-                }
-            }
-            // The call may have been applied; revocation is idempotent, so sending again is safe.
-            _ => Outcome::Retryable {
+        200 => match parse(body) {
+            Some(accepted) => Outcome::Accepted(accepted),
+            // A Revoke may have been applied; revocation is idempotent, so asking again is safe.
+            None => Outcome::Retryable {
                 status: Some(200),
                 message: format!("unexpected success body: {}", excerpt(body)),
             },
@@ -271,14 +335,14 @@ fn truncate(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-fn transport(status: u16, err: reqwest::Error) -> Outcome {
+fn transport<T>(status: u16, err: reqwest::Error) -> Outcome<T> {
     Outcome::Retryable {
         status: Some(status),
         message: format!("HTTP {status}, body unreadable: {}", describe(err)),
     }
 }
 
-fn transport_error(err: reqwest::Error) -> Outcome {
+fn transport_error<T>(err: reqwest::Error) -> Outcome<T> {
     Outcome::Retryable {
         status: None,
         message: describe(err),

@@ -95,9 +95,16 @@ pub struct RetrySettings {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StatusPollSettings {
     pub enabled: bool,
+    pub initial_delay: Duration,
+    pub max_interval: Duration,
+    pub give_up_after: Duration,
+    /// `ShareStatus` values that mean the request was processed.
+    pub processed_share_status: Vec<i64>,
+    /// With revocations waiting, at least one call in this many is a due poll.
+    pub every_nth_call: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +182,38 @@ struct RawRetry {
 #[derive(Deserialize)]
 struct RawStatusPoll {
     enabled: bool,
+    initial_delay_ms: u64,
+    max_interval_ms: u64,
+    give_up_after_ms: u64,
+    processed_share_status: CodeList,
+    every_nth_call: u32,
+}
+
+/// A list of codes: a TOML array, or comma-separated text from the environment (where every
+/// value is text, and secrets must stay text, so the environment source does not split lists).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CodeList {
+    List(Vec<i64>),
+    Text(String),
+}
+
+impl CodeList {
+    fn parse(self, key: &str) -> Result<Vec<i64>, SettingsError> {
+        match self {
+            CodeList::List(codes) => Ok(codes),
+            CodeList::Text(text) => text
+                .split(',')
+                .map(|code| code.trim().parse::<i64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    SettingsError::new(
+                        key,
+                        format!("must be numbers separated by commas, not {text:?}"),
+                    )
+                }),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -268,9 +307,7 @@ impl Settings {
                 max_size: positive(raw.batch.max_size, "batch.max_size")?,
             },
             retry,
-            status_poll: StatusPollSettings {
-                enabled: raw.status_poll.enabled,
-            },
+            status_poll: status_poll(raw.status_poll)?,
             dispatcher: DispatcherSettings {
                 idle_poll: millis(raw.dispatcher.idle_poll_ms, "dispatcher.idle_poll_ms")?,
                 shutdown_grace: Duration::from_millis(raw.dispatcher.shutdown_grace_ms),
@@ -290,6 +327,33 @@ impl Settings {
             },
         })
     }
+}
+
+fn status_poll(raw: RawStatusPoll) -> Result<StatusPollSettings, SettingsError> {
+    let processed_share_status = raw
+        .processed_share_status
+        .parse("status_poll.processed_share_status")?;
+    if processed_share_status.is_empty() {
+        return Err(SettingsError::new(
+            "status_poll.processed_share_status",
+            "is empty; LeadSquared documents 6 as processed",
+        ));
+    }
+    let settings = StatusPollSettings {
+        enabled: raw.enabled,
+        initial_delay: millis(raw.initial_delay_ms, "status_poll.initial_delay_ms")?,
+        max_interval: millis(raw.max_interval_ms, "status_poll.max_interval_ms")?,
+        give_up_after: millis(raw.give_up_after_ms, "status_poll.give_up_after_ms")?,
+        processed_share_status,
+        every_nth_call: positive(raw.every_nth_call, "status_poll.every_nth_call")?,
+    };
+    if settings.max_interval < settings.initial_delay {
+        return Err(SettingsError::new(
+            "status_poll.max_interval_ms",
+            "must not be smaller than status_poll.initial_delay_ms",
+        ));
+    }
+    Ok(settings)
 }
 
 fn from_config_error(err: config::ConfigError) -> SettingsError {
@@ -449,6 +513,20 @@ mod tests {
         assert_eq!(settings.rate_limit.max_calls, 10);
         assert!(!settings.status_poll.enabled);
         assert_eq!(settings.rate_limit.window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn processed_share_statuses_are_a_comma_separated_list_in_the_environment() {
+        let settings =
+            load(&[("LSQ_REVOKER__STATUS_POLL__PROCESSED_SHARE_STATUS", "6,7")]).expect("load");
+        assert_eq!(settings.status_poll.processed_share_status, [6, 7]);
+        assert_eq!(
+            load(&[])
+                .expect("defaults")
+                .status_poll
+                .processed_share_status,
+            [6]
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ impl Default for DemoOptions {
             jobs: 3000,
             max_calls: 25,
             window: Duration::from_secs(5),
-            batch_size: 25,
+            batch_size: 50,
         }
     }
 }
@@ -44,9 +44,11 @@ impl Default for DemoOptions {
 pub struct DemoReport {
     pub jobs: u64,
     pub submitted: u64,
+    pub completed: u64,
     pub failed: u64,
     pub left_pending: u64,
     pub calls: u64,
+    pub status_polls: u64,
     pub rate_limited: u64,
     pub server_errors: u64,
     pub rejected_calls: u64,
@@ -59,6 +61,10 @@ pub struct DemoReport {
     pub stopped_early: bool,
 }
 
+/// Leads whose revocation the simulator accepts but then reports as failed on the status
+/// endpoint: the dispatcher resubmits those requests in halves to isolate them.
+const FAILING_LEADS: [&str; 2] = ["880001", "880002"];
+
 /// Leads the simulator rejects with a 400 when they are in a call: the dispatcher has to
 /// isolate them by bisection.
 const REJECTED_LEADS: [&str; 3] = ["990001", "990002", "990003"];
@@ -68,6 +74,11 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         rate_limit: Some((options.max_calls, options.window)),
         latency: (Duration::from_millis(5), Duration::from_millis(60)),
         server_error_rate: 0.02,
+        processing_time: Duration::from_millis(1000),
+        failing_lead_ids: FAILING_LEADS
+            .iter()
+            .map(|lead| (*lead).to_owned())
+            .collect::<HashSet<_>>(),
         rejected_lead_ids: REJECTED_LEADS
             .iter()
             .map(|lead| (*lead).to_owned())
@@ -94,6 +105,8 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         ("RETRY__MAX_BACKOFF_MS", "2000".to_owned()),
         ("DISPATCHER__IDLE_POLL_MS", "100".to_owned()),
         ("DISPATCHER__SUMMARY_INTERVAL_MS", "10000".to_owned()),
+        ("STATUS_POLL__INITIAL_DELAY_MS", "1500".to_owned()),
+        ("STATUS_POLL__MAX_INTERVAL_MS", "5000".to_owned()),
     ]
     .map(|(key, value)| (format!("LSQ_REVOKER__{key}"), value));
     let settings = Arc::new(Settings::load_with(None, env)?);
@@ -113,17 +126,19 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     let stats = simulator.stats();
     let arrivals: Vec<Duration> = simulator
         .calls()
-        .into_iter()
+        .iter()
         .filter(|call| !matches!(call.endpoint, Endpoint::Other))
         .map(|call| call.at)
         .collect();
     simulator.shutdown().await;
     Ok(DemoReport {
         jobs: counts.total(),
-        submitted: counts.submitted + counts.completed,
+        submitted: counts.submitted,
+        completed: counts.completed,
         failed: counts.failed,
         left_pending: counts.pending + counts.in_flight,
         calls: stats.calls,
+        status_polls: stats.status_calls,
         rate_limited: stats.rate_limited,
         server_errors: stats.server_errors,
         rejected_calls: stats.bad_requests,
@@ -170,6 +185,9 @@ fn seed(count: usize) -> Vec<NewJob> {
             if let Some(lead) = REJECTED_LEADS.get(n / 997).filter(|_| n % 997 == 500) {
                 job.entity_id = (*lead).to_owned();
             }
+            if let Some(lead) = FAILING_LEADS.get(n / 1400).filter(|_| n % 1400 == 700) {
+                job.entity_id = (*lead).to_owned();
+            }
             job
         })
         .collect()
@@ -183,17 +201,26 @@ impl std::fmt::Display for DemoReport {
             self.max_calls, self.window_ms
         )?;
         writeln!(f, "  jobs seeded        {:>8}", self.jobs)?;
-        writeln!(f, "  submitted          {:>8}", self.submitted)?;
         writeln!(
             f,
-            "  failed             {:>8}   (malformed rows, items the server rejected, retries exhausted)",
+            "  completed          {:>8}   (revocation confirmed by a status poll)",
+            self.completed
+        )?;
+        writeln!(
+            f,
+            "  submitted          {:>8}   (accepted, not confirmed yet)",
+            self.submitted
+        )?;
+        writeln!(
+            f,
+            "  failed             {:>8}   (malformed rows, items refused or reported failed, retries exhausted)",
             self.failed
         )?;
         writeln!(f, "  left pending       {:>8}", self.left_pending)?;
         writeln!(
             f,
-            "  API calls          {:>8}   ({} answered 400 and bisected, {} answered 500 and retried)",
-            self.calls, self.rejected_calls, self.server_errors
+            "  API calls          {:>8}   ({} status polls, {} answered 400 and bisected, {} answered 500 and retried)",
+            self.calls, self.status_polls, self.rejected_calls, self.server_errors
         )?;
         writeln!(f, "  429s               {:>8}", self.rate_limited)?;
         writeln!(
@@ -203,7 +230,7 @@ impl std::fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
-            "  share of limit     {:>7.1}%   (steady state after the first window)",
+            "  share of limit     {:>7.1}%   (first to last call, after the first window; the tail waits on status polls)",
             self.share_of_limit * 100.0
         )?;
         write!(

@@ -1,14 +1,15 @@
-//! Claim → check → batch → pace → send → record.
+//! Claim → check → batch → pace → send → record, and the status polls that confirm each request.
 //!
 //! One loop owns every decision: when the next call may start (the sliding window, a pause
-//! after a 429, a probe after bad credentials), what it carries (halves of a rejected batch
-//! first, then newly claimed jobs), and what an answer does to its jobs. Calls themselves run
-//! side by side in a [`JoinSet`], at most `api.max_in_flight` at once, so slow answers do not
-//! leave budget unused. [`Dispatcher::step`] is one decision; [`Dispatcher::run`] is the loop
-//! around it, with shutdown designed in: on cancellation it stops claiming, lets calls in flight
-//! finish within the grace period, records their outcomes and releases the rest.
+//! after a 429, a probe after bad credentials), what it is (halves of a refused batch first, then
+//! a due status poll when it is the polls' turn, then newly claimed jobs, then any due poll), and
+//! what an answer does to its jobs. Calls run side by side in a [`JoinSet`], at most
+//! `api.max_in_flight` at once, so slow answers do not leave budget unused.
+//! [`Dispatcher::step`] is one decision; [`Dispatcher::run`] is the loop around it, with
+//! shutdown designed in: on cancellation it stops claiming, lets calls in flight finish within
+//! the grace period, records their outcomes and releases the rest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,83 +19,42 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{Client, Outcome, Response};
+use crate::api::{Client, Outcome, Response, StatusReport};
+use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::job::{JobId, JobRow, Revocation};
 use crate::limiter::SlidingWindow;
+use crate::poller::{self, Schedule, Verdict};
 use crate::retry::Backoff;
-use crate::store::{Retry, Store, StoreError};
+use crate::store::{DueRequest, PollRecord, Retry, Store, StoreError};
 
 /// How long calls are remembered: enough for the limiter and for an operator's "last hour".
 const CALL_LOG_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The "bad credentials" error is repeated at most this often while paused.
 const MISCONFIGURED_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Endpoint names in the `api_calls` log.
-const REVOKE: &str = "revoke";
+/// A claimed poll whose answer was never recorded (a crash) is due again this long after the
+/// call's timeout.
+const POLL_LEASE: Duration = Duration::from_secs(60);
 
-/// One revocation in a call, and the queued jobs (duplicates) it settles.
-#[derive(Debug)]
-struct Item {
-    revocation: Revocation,
-    jobs: Vec<JobRow>,
-}
-
-/// The items of one Revoke call.
-#[derive(Debug, Default)]
-struct Batch {
-    items: Vec<Item>,
-}
-
-impl Batch {
-    /// Group valid rows by what they revoke, so duplicates share one item.
-    fn from_rows(rows: impl IntoIterator<Item = (JobRow, Revocation)>) -> Self {
-        let mut index: HashMap<Revocation, usize> = HashMap::new();
-        let mut items: Vec<Item> = Vec::new();
-        for (row, revocation) in rows {
-            match index.get(&revocation) {
-                Some(&at) => items[at].jobs.push(row),
-                None => {
-                    index.insert(revocation.clone(), items.len());
-                    items.push(Item {
-                        revocation,
-                        jobs: vec![row],
-                    });
-                }
-            }
-        }
-        Self { items }
-    }
-
-    fn jobs(&self) -> impl Iterator<Item = &JobRow> {
-        self.items.iter().flat_map(|item| &item.jobs)
-    }
-
-    fn job_ids(&self) -> Vec<JobId> {
-        self.jobs().map(|job| job.id).collect()
-    }
-
-    fn job_count(&self) -> usize {
-        self.items.iter().map(|item| item.jobs.len()).sum()
-    }
-
-    /// The highest attempt number among the jobs, for the log.
-    fn attempt(&self) -> u32 {
-        self.jobs().map(|job| job.attempts + 1).max().unwrap_or(1)
-    }
-
-    fn split(mut self) -> (Batch, Batch) {
-        let back = self.items.split_off(self.items.len() / 2);
-        (self, Batch { items: back })
-    }
-}
-
-/// A finished call and the batch it carried.
-struct Answer {
-    batch: Batch,
-    response: Response,
-    call_id: i64,
+/// A call that was started, and what it was about.
+struct Call {
+    id: i64,
     started: Instant,
+}
+
+/// A finished call.
+enum Answer {
+    Revoke {
+        batch: Batch,
+        response: Response<String>,
+        call: Call,
+    },
+    Status {
+        request: DueRequest,
+        response: Response<StatusReport>,
+        call: Call,
+    },
 }
 
 /// Why sending is held back.
@@ -117,11 +77,13 @@ enum Pause {
 /// What one [`Dispatcher::step`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// A call started carrying this many jobs.
+    /// A Revoke call started carrying this many jobs.
     Sent { jobs: usize },
+    /// A status poll started.
+    Polled,
     /// Claimed rows were all malformed; they are `failed` and no call was made.
     Screened { failed: usize },
-    /// Nothing is due. `next_due` is when the earliest waiting retry becomes due, if any.
+    /// Nothing is due. `next_due` is when the earliest waiting retry or poll becomes due.
     Idle { next_due: Option<Instant> },
 }
 
@@ -134,22 +96,14 @@ pub enum Exit {
     Stopped,
 }
 
-/// Counts since the last summary line.
-#[derive(Debug, Default, Clone, Copy)]
-struct Period {
-    calls: u64,
-    rate_limited: u64,
-    submitted: u64,
-    failed: u64,
-    retried: u64,
-}
-
-/// Totals over the whole run, for `demo` and benchmarks.
+/// What the dispatcher did, over a summary period or a whole run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     pub calls: u64,
+    pub polls: u64,
     pub rate_limited: u64,
     pub jobs_submitted: u64,
+    pub jobs_completed: u64,
     pub jobs_failed: u64,
     pub jobs_retried: u64,
 }
@@ -163,13 +117,17 @@ pub struct Dispatcher {
     window: SlidingWindow,
     backoff: Backoff,
     probe_backoff: Backoff,
+    /// `Some` when status polling is on.
+    polls: Option<Schedule>,
     pause: Pause,
-    /// Claimed batches waiting to be sent before anything new: halves of rejected batches.
+    /// Claimed batches waiting to be sent before anything new: halves of refused batches.
     ready: VecDeque<Batch>,
     in_flight: JoinSet<Answer>,
+    /// Revoke calls since the last poll, for the polls' share of the budget.
+    revokes_since_poll: u32,
     /// After finding nothing due, do not look again before this.
     idle_until: Option<Instant>,
-    period: Period,
+    period: Totals,
     totals: Totals,
 }
 
@@ -212,6 +170,10 @@ impl Dispatcher {
                 settings.dispatcher.probe_initial,
                 settings.dispatcher.probe_max,
             ),
+            polls: settings
+                .status_poll
+                .enabled
+                .then(|| Schedule::new(&settings.status_poll)),
             store,
             client,
             clock,
@@ -220,8 +182,9 @@ impl Dispatcher {
             pause: Pause::Running,
             ready: VecDeque::new(),
             in_flight: JoinSet::new(),
+            revokes_since_poll: 0,
             idle_until: None,
-            period: Period::default(),
+            period: Totals::default(),
             totals: Totals::default(),
             settings,
         })
@@ -231,7 +194,8 @@ impl Dispatcher {
         self.totals
     }
 
-    /// Work until cancelled, or with `until_idle` until nothing is pending or in flight.
+    /// Work until cancelled, or with `until_idle` until no job is pending, in flight or waiting
+    /// for a retry, and (with status polling) no request awaits a verdict.
     pub async fn run(
         &mut self,
         cancel: CancellationToken,
@@ -260,7 +224,7 @@ impl Dispatcher {
                             let poll = Instant::now() + self.settings.dispatcher.idle_poll;
                             self.idle_until = Some(next_due.map_or(poll, |due| due.min(poll)));
                         }
-                        Step::Sent { .. } | Step::Screened { .. } => self.idle_until = None,
+                        Step::Sent { .. } | Step::Polled | Step::Screened { .. } => self.idle_until = None,
                     }
                 }
                 _ = summary.tick() => self.log_summary().await?,
@@ -291,6 +255,11 @@ impl Dispatcher {
     }
 
     /// Start one call if there is something to send; the caller has checked the gate.
+    ///
+    /// The order is the budget rule: halves of a refused batch first (their jobs are already
+    /// claimed); then, once `status_poll.every_nth_call - 1` Revoke calls went out since the last
+    /// poll, a due poll; then new revocations; then any due poll. So with a backlog revocations
+    /// get most of the budget, and confirmations still advance.
     pub async fn step(&mut self) -> Result<Step, StoreError> {
         if let Pause::RateLimited { until } = self.pause
             && Instant::now() >= until
@@ -298,84 +267,121 @@ impl Dispatcher {
             info!("rate-limit pause over; resuming");
             self.pause = Pause::Running;
         }
-        let batch = match self.ready.pop_front() {
-            Some(batch) => batch,
-            None => {
-                let now = self.clock.now_ms();
-                let rows = self
-                    .store
-                    .claim(&self.owner, now, self.settings.batch.max_size)
-                    .await?;
-                if rows.is_empty() {
-                    let next_due = self.store.next_due().await?;
-                    return Ok(Step::Idle {
-                        next_due: next_due.map(|ms| self.clock.instant_of(ms)),
-                    });
-                }
-                let (batch, invalid) = self.screen(rows);
-                if !invalid.is_empty() {
-                    self.record_failed(&invalid).await?;
-                }
-                if batch.items.is_empty() {
-                    return Ok(Step::Screened {
-                        failed: invalid.len(),
-                    });
-                }
-                batch
-            }
-        };
-        let jobs = batch.job_count();
-        let started_ms = self.clock.now_ms();
-        let call_id = self
+        if let Some(batch) = self.ready.pop_front() {
+            return self.send_revoke(batch).await;
+        }
+        let polls_turn = self.revokes_since_poll + 1 >= self.settings.status_poll.every_nth_call;
+        if polls_turn && let Some(request) = self.claim_poll().await? {
+            return self.send_poll(request).await;
+        }
+        let now = self.clock.now_ms();
+        let rows = self
             .store
-            .record_call_start(REVOKE, started_ms, jobs)
+            .claim(&self.owner, now, self.settings.batch.max_size)
+            .await?;
+        if !rows.is_empty() {
+            let (batch, invalid) = screen(rows);
+            if !invalid.is_empty() {
+                self.record_failed(&invalid).await?;
+            }
+            if batch.items.is_empty() {
+                return Ok(Step::Screened {
+                    failed: invalid.len(),
+                });
+            }
+            return self.send_revoke(batch).await;
+        }
+        if let Some(request) = self.claim_poll().await? {
+            return self.send_poll(request).await;
+        }
+        let job_due = self.store.next_due().await?;
+        let poll_due = match self.polls {
+            Some(_) => self.store.next_poll_due().await?,
+            None => None,
+        };
+        let next_due = [job_due, poll_due].into_iter().flatten().min();
+        Ok(Step::Idle {
+            next_due: next_due.map(|ms| self.clock.instant_of(ms)),
+        })
+    }
+
+    /// Record the start of a call in the window and in the call log, before it is sent.
+    async fn start_call(&mut self, endpoint: &str, jobs: usize) -> Result<Call, StoreError> {
+        let id = self
+            .store
+            .record_call_start(endpoint, self.clock.now_ms(), jobs)
             .await?;
         let started = Instant::now();
         self.window.record(started);
-        self.period.calls += 1;
-        self.totals.calls += 1;
+        self.tally(|totals| totals.calls += 1);
+        Ok(Call { id, started })
+    }
+
+    async fn send_revoke(&mut self, batch: Batch) -> Result<Step, StoreError> {
+        let jobs = batch.job_count();
+        let call = self.start_call("revoke", jobs).await?;
+        self.revokes_since_poll += 1;
         let client = self.client.clone();
         self.in_flight.spawn(async move {
-            let revocations: Vec<&Revocation> =
-                batch.items.iter().map(|item| &item.revocation).collect();
-            let response = client.revoke(&revocations).await;
-            Answer {
+            let response = client.revoke(&batch.revocations()).await;
+            Answer::Revoke {
                 batch,
                 response,
-                call_id,
-                started,
+                call,
             }
         });
         Ok(Step::Sent { jobs })
     }
 
-    /// Split claimed rows into a batch of valid revocations and the rows that cannot be sent.
-    fn screen(&self, rows: Vec<JobRow>) -> (Batch, Vec<(JobId, String)>) {
-        let mut invalid = Vec::new();
-        let valid: Vec<(JobRow, Revocation)> = rows
-            .into_iter()
-            .filter_map(|row| match row.revocation() {
-                Ok(revocation) => Some((row, revocation)),
-                Err(reason) => {
-                    warn!(job_id = row.id, reason = %reason, "job failed validation and was not sent");
-                    invalid.push((row.id, format!("invalid job: {reason}")));
-                    None
-                }
-            })
-            .collect();
-        (Batch::from_rows(valid), invalid)
+    async fn claim_poll(&mut self) -> Result<Option<DueRequest>, StoreError> {
+        if self.polls.is_none() {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let lease = millis(self.settings.api.timeout + POLL_LEASE);
+        self.store.claim_due_request(now, now + lease).await
+    }
+
+    async fn send_poll(&mut self, request: DueRequest) -> Result<Step, StoreError> {
+        let call = self.start_call("status", 0).await?;
+        self.revokes_since_poll = 0;
+        self.tally(|totals| totals.polls += 1);
+        let client = self.client.clone();
+        self.in_flight.spawn(async move {
+            let response = client.status(&request.request_id).await;
+            Answer::Status {
+                request,
+                response,
+                call,
+            }
+        });
+        Ok(Step::Polled)
     }
 
     async fn on_answer(&mut self, answer: Answer) -> Result<(), StoreError> {
-        let Answer {
-            batch,
-            response,
-            call_id,
-            started,
-        } = answer;
+        match answer {
+            Answer::Revoke {
+                batch,
+                response,
+                call,
+            } => self.on_revoke_answer(batch, response, call).await,
+            Answer::Status {
+                request,
+                response,
+                call,
+            } => self.on_status_answer(request, response, call).await,
+        }
+    }
+
+    async fn on_revoke_answer(
+        &mut self,
+        batch: Batch,
+        response: Response<String>,
+        call: Call,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let request_id = match &response.outcome {
-            Outcome::Accepted { request_id } => Some(request_id.as_str()),
+            Outcome::Accepted(request_id) => Some(request_id.as_str()),
             _ => None,
         };
         info!(
@@ -388,47 +394,28 @@ impl Dispatcher {
             "revoke call"
         );
         let store = self.store.clone();
-        persist(|| store.record_call_end(call_id, response.status, response.latency, request_id))
+        persist(|| store.record_call_end(call.id, response.status, response.latency, request_id))
             .await?;
         match response.outcome {
-            Outcome::Accepted { request_id } => {
-                self.resume_if_probe(started);
+            Outcome::Accepted(request_id) => {
+                self.resume_if_probe(call.started);
                 let ids = batch.job_ids();
-                persist(|| store.mark_submitted(&ids, &request_id, now)).await?;
-                self.period.submitted += ids.len() as u64;
-                self.totals.jobs_submitted += ids.len() as u64;
+                let first_poll = self.polls.map(|schedule| now + millis(schedule.first()));
+                persist(|| store.mark_submitted(&ids, &request_id, now, first_poll)).await?;
+                self.tally(|totals| totals.jobs_submitted += ids.len() as u64);
             }
             Outcome::RateLimited { retry_after } => {
-                self.period.rate_limited += 1;
-                self.totals.rate_limited += 1;
-                let wait = retry_after.unwrap_or(
-                    self.settings.rate_limit.window + self.settings.rate_limit.safety_margin,
-                );
-                let until = Instant::now() + wait;
-                warn!(
-                    wait_ms = millis(wait),
-                    retry_after = retry_after.is_some(),
-                    "rate limited by LeadSquared (429); pausing all calls"
-                );
-                if let Pause::RateLimited { until: current } = self.pause {
-                    self.pause = Pause::RateLimited {
-                        until: current.max(until),
-                    };
-                } else if matches!(self.pause, Pause::Running) {
-                    self.pause = Pause::RateLimited { until };
-                }
+                self.on_rate_limited(retry_after);
                 self.ready.push_front(batch);
             }
             Outcome::Rejected { message } => {
-                self.resume_if_probe(started);
+                self.resume_if_probe(call.started);
                 if batch.items.len() > 1 {
                     debug!(
                         items = batch.items.len(),
-                        "call rejected; sending each half separately to find the bad item"
+                        "call refused; sending each half separately to find the bad item"
                     );
-                    let (front, back) = batch.split();
-                    self.ready.push_front(back);
-                    self.ready.push_front(front);
+                    self.requeue_in_halves(batch);
                 } else {
                     let reason = format!("rejected by LeadSquared: {message}");
                     let failures: Vec<(JobId, String)> =
@@ -440,13 +427,13 @@ impl Dispatcher {
                 }
             }
             Outcome::Misconfigured { status, message } => {
-                self.on_misconfigured(status, &message, started);
+                self.on_misconfigured(status, &message, call.started);
                 // Back to pending while paused, which may last: the table tells the truth.
                 let ids = batch.job_ids();
                 persist(|| store.release(&ids, now)).await?;
             }
             Outcome::Retryable { message, .. } => {
-                self.resume_if_probe_failed_otherwise(started);
+                self.probe_spent(call.started);
                 let max_attempts = self.settings.retry.max_attempts;
                 // One delay for the whole call, so its jobs stay together in the next call.
                 let run_after = now + millis(self.backoff.delay(batch.attempt()));
@@ -460,36 +447,210 @@ impl Dispatcher {
                 let given_up = batch
                     .jobs()
                     .filter(|job| job.attempts + 1 >= max_attempts)
-                    .count();
+                    .count() as u64;
+                let retrying = retries.len() as u64 - given_up;
                 warn!(
                     jobs = retries.len(),
-                    retrying = retries.len() - given_up,
+                    retrying,
                     given_up,
                     retry_in_ms = run_after - now,
                     error = %message,
                     "call failed"
                 );
                 persist(|| store.mark_retry(&retries, &message, max_attempts, now)).await?;
-                self.period.retried += (retries.len() - given_up) as u64;
-                self.period.failed += given_up as u64;
-                self.totals.jobs_retried += (retries.len() - given_up) as u64;
-                self.totals.jobs_failed += given_up as u64;
+                self.tally(|totals| {
+                    totals.jobs_retried += retrying;
+                    totals.jobs_failed += given_up;
+                });
             }
         }
         Ok(())
     }
 
-    async fn record_failed(&mut self, failures: &[(JobId, String)]) -> Result<(), StoreError> {
-        let store = self.store.clone();
+    async fn on_status_answer(
+        &mut self,
+        request: DueRequest,
+        response: Response<StatusReport>,
+        call: Call,
+    ) -> Result<(), StoreError> {
+        let Some(schedule) = self.polls else {
+            return Ok(());
+        };
         let now = self.clock.now_ms();
-        persist(|| store.mark_failed(failures, now)).await?;
-        self.period.failed += failures.len() as u64;
-        self.totals.jobs_failed += failures.len() as u64;
+        let id = request.request_id.as_str();
+        let polls = request.polls + 1;
+        let report = match &response.outcome {
+            Outcome::Accepted(report) => Some(report),
+            _ => None,
+        };
+        info!(
+            request_id = id,
+            poll = polls,
+            http_status = response.status,
+            latency_ms = millis(response.latency),
+            share_status = report.and_then(|report| report.share_status),
+            "status poll"
+        );
+        let store = self.store.clone();
+        persist(|| store.record_call_end(call.id, response.status, response.latency, Some(id)))
+            .await?;
+        let age = Duration::from_millis(u64::try_from(now - request.sent_at).unwrap_or(0));
+        let next_poll = now + millis(schedule.after(polls));
+        let give_up_after = self.settings.status_poll.give_up_after.as_secs();
+        let never_confirmed = |last: &str| {
+            format!(
+                "status never confirmed within {give_up_after}s: ask LeadSquared about request id {id} (last answer: {last})"
+            )
+        };
+        let nothing = PollRecord::default();
+        match response.outcome {
+            Outcome::Accepted(report) => {
+                self.resume_if_probe(call.started);
+                let record = PollRecord {
+                    share_status: report.share_status,
+                    response_text: report.response_text.as_deref(),
+                    error_message: report.error_message.as_deref(),
+                };
+                match poller::verdict(&report, &self.settings.status_poll) {
+                    Verdict::Completed => {
+                        let jobs = persist(|| store.settle_request(id, &record, None, now)).await?;
+                        info!(request_id = id, jobs, polls, "revocation confirmed");
+                        self.tally(|totals| totals.jobs_completed += jobs);
+                    }
+                    Verdict::Failed { error } => self.on_request_error(id, &record, &error).await?,
+                    Verdict::Awaiting if schedule.given_up(age) => {
+                        let last = format!(
+                            "ShareStatus {:?}, {:?}",
+                            report.share_status, report.response_text
+                        );
+                        self.give_up_request(id, &record, &never_confirmed(&last))
+                            .await?;
+                    }
+                    Verdict::Awaiting => {
+                        persist(|| store.record_poll(id, &record, None, next_poll, now)).await?;
+                    }
+                }
+            }
+            Outcome::RateLimited { retry_after } => {
+                self.on_rate_limited(retry_after);
+                let error = "HTTP 429";
+                persist(|| store.record_poll(id, &nothing, Some(error), now, now)).await?;
+            }
+            Outcome::Misconfigured { status, message } => {
+                self.on_misconfigured(status, &message, call.started);
+                persist(|| store.record_poll(id, &nothing, Some(&message), now, now)).await?;
+            }
+            Outcome::Rejected { message } => {
+                self.resume_if_probe(call.started);
+                let reason = format!("LeadSquared does not know request id {id}: {message}");
+                self.give_up_request(id, &nothing, &reason).await?;
+            }
+            Outcome::Retryable { message, .. } if schedule.given_up(age) => {
+                self.probe_spent(call.started);
+                self.give_up_request(id, &nothing, &never_confirmed(&message))
+                    .await?;
+            }
+            Outcome::Retryable { message, .. } => {
+                self.probe_spent(call.started);
+                warn!(request_id = id, error = %message, "status poll failed; asking again later");
+                persist(|| store.record_poll(id, &nothing, Some(&message), next_poll, now)).await?;
+            }
+        }
         Ok(())
     }
 
-    /// A call that started after the pause began got an answer from the server other than
-    /// "bad credentials": the configuration works again.
+    /// A request reported an error: with several items, resubmit them in halves until the one
+    /// that fails is alone; with one, its jobs fail with the vendor's message.
+    async fn on_request_error(
+        &mut self,
+        id: &str,
+        record: &PollRecord<'_>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let now = self.clock.now_ms();
+        if persist(|| store.request_items(id)).await? > 1 {
+            let rows = persist(|| store.split_request(id, record, &self.owner, now)).await?;
+            warn!(
+                request_id = id,
+                jobs = rows.len(),
+                error,
+                "request reported an error; resubmitting its jobs in halves to find the failing one"
+            );
+            let (batch, invalid) = screen(rows);
+            self.record_failed(&invalid).await?;
+            if batch.items.len() > 1 {
+                self.requeue_in_halves(batch);
+            } else if !batch.items.is_empty() {
+                self.ready.push_front(batch);
+            }
+            Ok(())
+        } else {
+            let reason =
+                format!("LeadSquared could not apply the revocation (request {id}): {error}");
+            self.give_up_request(id, record, &reason).await
+        }
+    }
+
+    async fn give_up_request(
+        &mut self,
+        id: &str,
+        record: &PollRecord<'_>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let now = self.clock.now_ms();
+        let jobs = persist(|| store.settle_request(id, record, Some(reason), now)).await?;
+        warn!(request_id = id, jobs, reason, "request failed");
+        self.tally(|totals| totals.jobs_failed += jobs);
+        Ok(())
+    }
+
+    fn requeue_in_halves(&mut self, batch: Batch) {
+        let (front, back) = batch.split();
+        self.ready.push_front(back);
+        self.ready.push_front(front);
+    }
+
+    async fn record_failed(&mut self, failures: &[(JobId, String)]) -> Result<(), StoreError> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let now = self.clock.now_ms();
+        persist(|| store.mark_failed(failures, now)).await?;
+        self.tally(|totals| totals.jobs_failed += failures.len() as u64);
+        Ok(())
+    }
+
+    fn tally(&mut self, count: impl Fn(&mut Totals)) {
+        count(&mut self.period);
+        count(&mut self.totals);
+    }
+
+    fn on_rate_limited(&mut self, retry_after: Option<Duration>) {
+        self.tally(|totals| totals.rate_limited += 1);
+        let limits = self.settings.rate_limit;
+        let wait = retry_after.unwrap_or(limits.window + limits.safety_margin);
+        let until = Instant::now() + wait;
+        warn!(
+            wait_ms = millis(wait),
+            retry_after = retry_after.is_some(),
+            "rate limited by LeadSquared (429); pausing all calls"
+        );
+        match self.pause {
+            Pause::RateLimited { until: current } => {
+                self.pause = Pause::RateLimited {
+                    until: current.max(until),
+                };
+            }
+            Pause::Running => self.pause = Pause::RateLimited { until },
+            Pause::Misconfigured { .. } => {}
+        }
+    }
+
+    /// A call that started after the pause began got an answer other than "bad credentials"
+    /// from the server: the configuration works again.
     fn resume_if_probe(&mut self, started: Instant) {
         if let Pause::Misconfigured { since, .. } = self.pause
             && started >= since
@@ -503,21 +664,16 @@ impl Dispatcher {
     }
 
     /// A 5xx or timeout says nothing about the keys: the probe is spent, try again later.
-    fn resume_if_probe_failed_otherwise(&mut self, started: Instant) {
+    fn probe_spent(&mut self, started: Instant) {
         if let Pause::Misconfigured {
             since,
             failures,
-            last_logged,
+            ref mut next_probe,
             ..
         } = self.pause
             && started >= since
         {
-            self.pause = Pause::Misconfigured {
-                since,
-                failures,
-                next_probe: Instant::now() + self.probe_backoff.delay(failures),
-                last_logged,
-            };
+            *next_probe = Instant::now() + self.probe_backoff.delay(failures);
         }
     }
 
@@ -526,7 +682,7 @@ impl Dispatcher {
         let remedy = if status == 404 {
             "check api.base_url: it must be your account's regional host, e.g. https://api-in21.leadsquared.com"
         } else {
-            "check api.access_key and api.secret_key (administrator keys of an active user) and restart or wait: the service retries by itself"
+            "check api.access_key and api.secret_key (administrator keys of an active user); the service resumes by itself once they work"
         };
         match &mut self.pause {
             Pause::Misconfigured {
@@ -558,27 +714,32 @@ impl Dispatcher {
 
     async fn log_summary(&mut self) -> Result<(), StoreError> {
         let counts = self.store.status_counts().await?;
+        let awaiting = self.store.awaiting_requests().await?;
         let paused = match self.pause {
             Pause::Running => "no",
             Pause::RateLimited { .. } => "rate_limited",
             Pause::Misconfigured { .. } => "misconfigured",
         };
+        let period = self.period;
         info!(
             pending = counts.pending,
             in_flight = counts.in_flight,
             submitted = counts.submitted,
             completed = counts.completed,
             failed = counts.failed,
-            calls = self.period.calls,
-            rate_limited = self.period.rate_limited,
-            jobs_submitted = self.period.submitted,
-            jobs_failed = self.period.failed,
-            jobs_retried = self.period.retried,
+            requests_awaiting = awaiting,
+            calls = period.calls,
+            polls = period.polls,
+            rate_limited = period.rate_limited,
+            jobs_submitted = period.jobs_submitted,
+            jobs_completed = period.jobs_completed,
+            jobs_failed = period.jobs_failed,
+            jobs_retried = period.jobs_retried,
             calls_in_window = self.window.in_window(Instant::now()),
             paused,
             "summary"
         );
-        self.period = Period::default();
+        self.period = Totals::default();
         let cutoff = self.clock.now_ms() - millis(CALL_LOG_RETENTION);
         self.store.prune_calls(cutoff).await?;
         Ok(())
@@ -620,6 +781,23 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Split claimed rows into a batch of valid revocations and the rows that cannot be sent.
+fn screen(rows: Vec<JobRow>) -> (Batch, Vec<(JobId, String)>) {
+    let mut invalid = Vec::new();
+    let valid: Vec<(JobRow, Revocation)> = rows
+        .into_iter()
+        .filter_map(|row| match row.revocation() {
+            Ok(revocation) => Some((row, revocation)),
+            Err(reason) => {
+                warn!(job_id = row.id, reason = %reason, "job failed validation and was not sent");
+                invalid.push((row.id, format!("invalid job: {reason}")));
+                None
+            }
+        })
+        .collect();
+    (Batch::from_rows(valid), invalid)
 }
 
 /// Recording an outcome is retried briefly: losing it would send the jobs again after a

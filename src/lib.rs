@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod dispatcher;
 pub mod job;
 pub mod limiter;
 pub mod lock;
+pub mod poller;
 pub mod retry;
 pub mod simulator;
 pub mod store;

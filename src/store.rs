@@ -62,6 +62,24 @@ pub struct Retry {
     pub run_after: i64,
 }
 
+/// A request whose status is due to be asked, as claimed for one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRequest {
+    pub request_id: String,
+    /// Polls made before this one.
+    pub polls: u32,
+    /// Unix ms of the Revoke call.
+    pub sent_at: i64,
+}
+
+/// What the latest answer about a request said, recorded verbatim.
+#[derive(Debug, Clone, Default)]
+pub struct PollRecord<'a> {
+    pub share_status: Option<i64>,
+    pub response_text: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+}
+
 /// Jobs per status, for the periodic summary and `until-idle`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatusCounts {
@@ -186,26 +204,21 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .doing("claiming jobs")?;
-        let mut jobs = rows
-            .into_iter()
-            .map(|row| {
-                Ok(JobRow {
-                    id: row.try_get(0)?,
-                    user_id: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-                    entity_id: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-                    context_entity_id: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
-                    access_type: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
-                    attempts: row.try_get(5)?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
-            .doing("reading claimed jobs")?;
+        let mut jobs = job_rows(rows).doing("reading claimed jobs")?;
         jobs.sort_unstable_by_key(|job| job.id);
         Ok(jobs)
     }
 
-    /// The API accepted a call carrying `ids`.
-    pub async fn mark_submitted(&self, ids: &[JobId], request_id: &str, now: i64) -> Result<()> {
+    /// The API accepted a call carrying `ids`. With `first_poll_at`, the request is recorded for
+    /// status polling in the same transaction, so no accepted request goes unfollowed.
+    pub async fn mark_submitted(
+        &self,
+        ids: &[JobId],
+        request_id: &str,
+        now: i64,
+        first_poll_at: Option<i64>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.doing("recording submitted jobs")?;
         sqlx::query(
             "UPDATE revocation_jobs
              SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
@@ -216,10 +229,202 @@ impl Store {
         .bind(json_ids(ids))
         .bind(request_id)
         .bind(now)
+        .execute(&mut *tx)
+        .await
+        .doing("recording submitted jobs")?;
+        if let Some(first_poll_at) = first_poll_at {
+            sqlx::query(
+                "INSERT INTO revoke_requests (request_id, job_count, sent_at, next_poll_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(request_id)
+            .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(first_poll_at)
+            .execute(&mut *tx)
+            .await
+            .doing("recording the request for status polling")?;
+        }
+        tx.commit().await.doing("recording submitted jobs")
+    }
+
+    /// Claim the request whose poll is most overdue: its `next_poll_at` moves to `retry_at`, so
+    /// that if no answer is ever recorded (a crash) it is polled again then.
+    pub async fn claim_due_request(&self, now: i64, retry_at: i64) -> Result<Option<DueRequest>> {
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "UPDATE revoke_requests SET next_poll_at = ?2
+             WHERE request_id = (SELECT request_id FROM revoke_requests
+                                 WHERE outcome = 'awaiting' AND next_poll_at <= ?1
+                                 ORDER BY next_poll_at LIMIT 1)
+             RETURNING request_id, polls, sent_at",
+        )
+        .bind(now)
+        .bind(retry_at)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("claiming a status poll")?;
+        Ok(row.map(|(request_id, polls, sent_at)| DueRequest {
+            request_id,
+            polls: u32::try_from(polls).unwrap_or(u32::MAX),
+            sent_at,
+        }))
+    }
+
+    /// When the next poll is due (Unix ms), if any request awaits a verdict.
+    pub async fn next_poll_due(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT MIN(next_poll_at) FROM revoke_requests WHERE outcome = 'awaiting'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .doing("looking for due polls")
+    }
+
+    /// A poll was made without a verdict: record what it said and when to ask again.
+    pub async fn record_poll(
+        &self,
+        request_id: &str,
+        answer: &PollRecord<'_>,
+        last_error: Option<&str>,
+        next_poll_at: i64,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE revoke_requests
+             SET polls = polls + 1, last_polled_at = ?2, next_poll_at = ?3,
+                 share_status = COALESCE(?4, share_status),
+                 response_text = COALESCE(?5, response_text),
+                 error_message = COALESCE(?6, error_message),
+                 last_error = ?7
+             WHERE request_id = ?1",
+        )
+        .bind(request_id)
+        .bind(now)
+        .bind(next_poll_at)
+        .bind(answer.share_status)
+        .bind(answer.response_text)
+        .bind(answer.error_message)
+        .bind(last_error)
         .execute(&self.pool)
         .await
-        .doing("recording submitted jobs")
+        .doing("recording a status poll")
         .map(drop)
+    }
+
+    /// A verdict: the request and every job it carried end `completed` or `failed` (with
+    /// `reason`), in one transaction.
+    pub async fn settle_request(
+        &self,
+        request_id: &str,
+        answer: &PollRecord<'_>,
+        failure: Option<&str>,
+        now: i64,
+    ) -> Result<u64> {
+        let (outcome, status) = match failure {
+            None => ("completed", "completed"),
+            Some(_) => ("failed", "failed"),
+        };
+        let mut tx = self.pool.begin().await.doing("settling a request")?;
+        sqlx::query(
+            "UPDATE revoke_requests
+             SET outcome = ?2, polls = polls + 1, last_polled_at = ?3, finished_at = ?3,
+                 share_status = COALESCE(?4, share_status),
+                 response_text = COALESCE(?5, response_text),
+                 error_message = COALESCE(?6, error_message),
+                 last_error = ?7
+             WHERE request_id = ?1",
+        )
+        .bind(request_id)
+        .bind(outcome)
+        .bind(now)
+        .bind(answer.share_status)
+        .bind(answer.response_text)
+        .bind(answer.error_message)
+        .bind(failure)
+        .execute(&mut *tx)
+        .await
+        .doing("settling a request")?;
+        let jobs = sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = ?2, last_error = ?3, finished_at = ?4, updated_at = ?4
+             WHERE request_id = ?1 AND status = 'submitted'",
+        )
+        .bind(request_id)
+        .bind(status)
+        .bind(failure)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .doing("settling a request's jobs")?
+        .rows_affected();
+        tx.commit().await.doing("settling a request")?;
+        Ok(jobs)
+    }
+
+    /// A request reported an error for one of several items: mark it `split` and claim its
+    /// jobs back, so the dispatcher can resubmit them in halves.
+    pub async fn split_request(
+        &self,
+        request_id: &str,
+        answer: &PollRecord<'_>,
+        owner: &str,
+        now: i64,
+    ) -> Result<Vec<JobRow>> {
+        let mut tx = self.pool.begin().await.doing("splitting a request")?;
+        sqlx::query(
+            "UPDATE revoke_requests
+             SET outcome = 'split', polls = polls + 1, last_polled_at = ?2, finished_at = ?2,
+                 share_status = ?3, response_text = ?4, error_message = ?5
+             WHERE request_id = ?1",
+        )
+        .bind(request_id)
+        .bind(now)
+        .bind(answer.share_status)
+        .bind(answer.response_text)
+        .bind(answer.error_message)
+        .execute(&mut *tx)
+        .await
+        .doing("splitting a request")?;
+        let rows = sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'in_flight', claimed_by = ?2, claimed_at = ?3, updated_at = ?3
+             WHERE request_id = ?1 AND status = 'submitted'
+             RETURNING id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
+                       CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts",
+        )
+        .bind(request_id)
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .doing("claiming a split request's jobs")?;
+        let jobs = job_rows(rows).doing("reading a split request's jobs")?;
+        tx.commit().await.doing("splitting a request")?;
+        Ok(jobs)
+    }
+
+    /// Distinct revocations among the jobs of a request (how many items it carried).
+    pub async fn request_items(&self, request_id: &str) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, entity_id, context_entity_id, access_type
+                                   FROM revocation_jobs WHERE request_id = ?1 AND status = 'submitted')",
+        )
+        .bind(request_id)
+        .fetch_one(&self.pool)
+        .await
+        .doing("counting a request's items")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Requests still waiting for a verdict.
+    pub async fn awaiting_requests(&self) -> Result<u64> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM revoke_requests WHERE outcome = 'awaiting'")
+                .fetch_one(&self.pool)
+                .await
+                .doing("counting awaiting requests")?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Jobs that can never succeed as they are: each with its own reason.
@@ -406,6 +611,23 @@ impl Store {
             .await
             .doing("looking for due jobs")
     }
+}
+
+/// Rows selected as `id, user_id, entity_id, context_entity_id, access_type, attempts`, with
+/// the text columns cast so that whatever a producer stored can be read and reported.
+fn job_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
+    rows.into_iter()
+        .map(|row| {
+            Ok(JobRow {
+                id: row.try_get(0)?,
+                user_id: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                entity_id: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                context_entity_id: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                access_type: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                attempts: row.try_get(5)?,
+            })
+        })
+        .collect()
 }
 
 fn json_ids(ids: &[JobId]) -> String {
