@@ -48,7 +48,24 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub status_poll: StatusPollSettings,
     pub dispatcher: DispatcherSettings,
+    pub retention: RetentionSettings,
+    pub metrics: MetricsSettings,
     pub logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    /// `completed` jobs older than this are deleted; `None` keeps them.
+    pub completed: Option<Duration>,
+    /// `failed` jobs older than this are deleted; `None` (the default) keeps them for an operator.
+    pub failed: Option<Duration>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsSettings {
+    /// Where to serve `/metrics` and `/healthz`; `None` when off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +157,21 @@ struct Raw {
     retry: RawRetry,
     status_poll: RawStatusPoll,
     dispatcher: RawDispatcher,
+    retention: RawRetention,
+    metrics: RawMetrics,
     logging: RawLogging,
+}
+
+#[derive(Deserialize)]
+struct RawRetention {
+    completed: String,
+    failed: String,
+    interval: String,
+}
+
+#[derive(Deserialize)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +352,15 @@ impl Settings {
                 )?,
                 probe_max: millis(raw.dispatcher.probe_max_ms, "dispatcher.probe_max_ms")?,
             },
+            retention: RetentionSettings {
+                completed: optional_duration(&raw.retention.completed, "retention.completed")?,
+                failed: optional_duration(&raw.retention.failed, "retention.failed")?,
+                interval: optional_duration(&raw.retention.interval, "retention.interval")?
+                    .ok_or_else(|| SettingsError::new("retention.interval", "is empty"))?,
+            },
+            metrics: MetricsSettings {
+                listen: listen_address(&raw.metrics.listen)?,
+            },
             logging: LoggingSettings {
                 format: raw.logging.format,
                 level: raw.logging.level,
@@ -354,6 +394,45 @@ fn status_poll(raw: RawStatusPoll) -> Result<StatusPollSettings, SettingsError> 
         ));
     }
     Ok(settings)
+}
+
+/// A duration such as `30d`, `12h` or `90m`; empty means none.
+pub fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
+        Ok(_) => Err(format!(
+            "is {text:?}, which is zero; give a positive duration or \"\""
+        )),
+        Err(err) => Err(format!(
+            "is {text:?}, not a duration like \"30d\", \"12h\" or \"90m\" ({err})"
+        )),
+    }
+}
+
+fn optional_duration(text: &str, key: &str) -> Result<Option<Duration>, SettingsError> {
+    parse_duration(text).map_err(|reason| SettingsError::new(key, reason))
+}
+
+/// `9464` → `127.0.0.1:9464`; `host:port` as given; empty → off.
+fn listen_address(text: &str) -> Result<Option<std::net::SocketAddr>, SettingsError> {
+    const KEY: &str = "metrics.listen";
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(Some((std::net::Ipv4Addr::LOCALHOST, port).into()));
+    }
+    text.parse().map(Some).map_err(|_| {
+        SettingsError::new(
+            KEY,
+            format!("is {text:?}; give a port (\"9464\", loopback only) or an address and port (\"0.0.0.0:9464\")"),
+        )
+    })
 }
 
 fn from_config_error(err: config::ConfigError) -> SettingsError {
@@ -553,6 +632,23 @@ mod tests {
             line.contains("LSQ_REVOKER__RATE_LIMIT__MAX_CALLS"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn retention_and_metrics_read_durations_and_addresses() {
+        let settings = load(&[("LSQ_REVOKER__METRICS__LISTEN", "9464")]).expect("load");
+        assert_eq!(
+            settings.retention.completed,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(settings.retention.failed, None);
+        assert_eq!(
+            settings.metrics.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        assert_eq!(load(&[]).expect("load").metrics.listen, None);
+        let err = load(&[("LSQ_REVOKER__RETENTION__COMPLETED", "a month")]).expect_err("bad");
+        assert_eq!(err.key, "retention.completed");
     }
 
     #[test]
