@@ -281,6 +281,20 @@ async fn producers() -> anyhow::Result<()> {
             "NO"
         }
     );
+    // SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms… between tries rather than queueing,
+    // so waits for the write lock show up as steps in this profile.
+    println!(
+        "inserts slower than: {}",
+        [1, 3, 8, 18, 33, 50]
+            .map(|threshold| {
+                let slower = latencies
+                    .iter()
+                    .filter(|latency| **latency > Duration::from_millis(threshold))
+                    .count();
+                format!("{threshold} ms: {slower}")
+            })
+            .join(" | ")
+    );
     for error in producer.errors.iter().take(5) {
         println!("  error: {error}");
     }
@@ -350,8 +364,15 @@ async fn pacing(latencies: &[Latency], verdict: &mut Verdict) -> anyhow::Result<
         PACING_TARGET.as_secs_f64()
     );
     println!(
-        "{:>11} {:>6} {:>6} {:>15} {:>5} {:>15} {:>8}",
-        "latency", "jobs", "calls", "densest window", "429s", "share of limit", "wall s"
+        "{:>11} {:>6} {:>6} {:>15} {:>5} {:>15} {:>10} {:>8}",
+        "latency",
+        "jobs",
+        "calls",
+        "densest window",
+        "429s",
+        "share of limit",
+        "sending s",
+        "wall s"
     );
     for &latency in latencies {
         let outcome = run_worker(RunSpec {
@@ -372,14 +393,20 @@ async fn pacing(latencies: &[Latency], verdict: &mut Verdict) -> anyhow::Result<
             .collect();
         let densest = max_calls_in_any_window(&every_call, PLAN_WINDOW);
         let share = share_of_limit(&api_calls, PLAN_MAX_CALLS, PLAN_WINDOW);
+        // First to last arrival; the rest of the wall time is start-up and the way to idle.
+        let sending = match (every_call.first(), every_call.last()) {
+            (Some(first), Some(last)) => last.saturating_sub(*first),
+            _ => Duration::ZERO,
+        };
         println!(
-            "{:>11} {:>6} {:>6} {:>15} {:>5} {:>14.1}% {:>8.2}",
+            "{:>11} {:>6} {:>6} {:>15} {:>5} {:>14.1}% {:>10.2} {:>8.2}",
             latency.label(),
             outcome.jobs,
             every_call.len(),
             format!("{densest} / {PLAN_MAX_CALLS}"),
             outcome.stats.rate_limited,
             share * 100.0,
+            sending.as_secs_f64(),
             outcome.wall.as_secs_f64()
         );
         if densest > PLAN_MAX_CALLS {

@@ -28,6 +28,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error(transparent)]
+    Key(#[from] crate::config::SettingsError),
     #[error("setting `{0}` holds characters that cannot go in an HTTP header")]
     BadKey(&'static str),
     #[error("cannot build the HTTP client: {0}")]
@@ -156,16 +158,12 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(settings: &ApiSettings) -> Result<Self, ClientError> {
+        let access_key = settings.access_key.resolve()?;
+        let secret_key = settings.secret_key.resolve()?;
         let mut headers = HeaderMap::new();
         if settings.auth == AuthMode::Header {
-            headers.insert(
-                ACCESS_KEY_HEADER,
-                sensitive(&settings.access_key, "api.access_key")?,
-            );
-            headers.insert(
-                SECRET_KEY_HEADER,
-                sensitive(&settings.secret_key, "api.secret_key")?,
-            );
+            headers.insert(ACCESS_KEY_HEADER, sensitive(&access_key, "api.access_key")?);
+            headers.insert(SECRET_KEY_HEADER, sensitive(&secret_key, "api.secret_key")?);
         }
         let http = reqwest::Client::builder()
             .default_headers(headers)
@@ -186,8 +184,8 @@ impl Client {
             revoke_url: url(REVOKE_PATH)?,
             status_url: url(STATUS_PATH)?,
             auth: settings.auth,
-            access_key: settings.access_key.clone(),
-            secret_key: settings.secret_key.clone(),
+            access_key,
+            secret_key,
         })
     }
 

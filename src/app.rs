@@ -12,6 +12,8 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::dispatcher::{Dispatcher, Exit, Totals};
 use crate::lock::DispatcherLock;
+use crate::metrics::{self, Metrics};
+use crate::ops;
 use crate::store::Store;
 
 /// How `run` ended and what it did.
@@ -31,7 +33,8 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// `lsq-revoker run [--until-idle]`: migrate, take the dispatcher lock (standing by while
-/// another dispatcher holds it), then dispatch until cancelled or idle.
+/// another dispatcher holds it), serve `/metrics` and `/healthz` when `metrics.listen` is set,
+/// then dispatch until cancelled or idle.
 pub async fn run(
     settings: Arc<Settings>,
     until_idle: bool,
@@ -66,8 +69,37 @@ pub async fn run(
         max_in_flight = settings.api.max_in_flight,
         "dispatcher started"
     );
-    let mut dispatcher = Dispatcher::start(store.clone(), client, settings, Clock::new()).await?;
-    let exit = dispatcher.run(cancel, until_idle).await?;
+    // Served only once the lock is ours: a standby `run` with the same settings would otherwise
+    // collide with the active one on `metrics.listen`, and its health would say nothing.
+    let metrics = Metrics::new();
+    let server = match settings.metrics.listen {
+        Some(address) => Some(
+            metrics::serve(
+                address,
+                metrics.clone(),
+                store.clone(),
+                cancel.child_token(),
+            )
+            .await
+            .with_context(|| {
+                format!("metrics.listen = {address}: cannot serve /metrics and /healthz there")
+            })?,
+        ),
+        None => None,
+    };
+    let retention = tokio::spawn(ops::retain(
+        store.clone(),
+        settings.retention,
+        cancel.child_token(),
+    ));
+    let mut dispatcher =
+        Dispatcher::start(store.clone(), client, settings, Clock::new(), metrics).await?;
+    let exit = dispatcher.run(cancel, until_idle).await;
+    retention.abort();
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    let exit = exit?;
     let totals = dispatcher.totals();
     info!(exit = ?exit, calls = totals.calls, jobs_submitted = totals.jobs_submitted, jobs_failed = totals.jobs_failed, "dispatcher stopped");
     store.close().await;

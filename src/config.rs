@@ -86,11 +86,47 @@ pub enum AuthMode {
 pub struct ApiSettings {
     /// Scheme + host[:port], without the `/v2` path.
     pub base_url: Url,
-    pub access_key: SecretString,
-    pub secret_key: SecretString,
+    pub access_key: Secret,
+    pub secret_key: Secret,
     pub auth: AuthMode,
     pub timeout: Duration,
     pub max_in_flight: usize,
+}
+
+/// A key given inline or through a file (container secrets, systemd credentials). It is read
+/// only when the API client is built, so operator commands run without access to it.
+#[derive(Debug, Clone)]
+pub struct Secret {
+    key: &'static str,
+    inline: SecretString,
+    file: Option<PathBuf>,
+}
+
+impl Secret {
+    /// The key's value; an empty one is an error naming the setting.
+    pub fn resolve(&self) -> Result<SecretString, SettingsError> {
+        let file_key = format!("{}_file", self.key);
+        let value: SecretString = match &self.file {
+            None => self.inline.clone(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|err| {
+                    SettingsError::new(
+                        &file_key,
+                        format!("names {}, which cannot be read: {err}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned()
+                .into(),
+        };
+        if value.expose_secret().trim().is_empty() {
+            return Err(SettingsError::new(
+                self.key,
+                format!("is not set (or use `{file_key}` with a path to a file holding it)"),
+            ));
+        }
+        Ok(value)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -480,39 +516,18 @@ fn millis(value: u64, key: &str) -> Result<Duration, SettingsError> {
     positive(value, key).map(Duration::from_millis)
 }
 
-/// A key given inline or through a file (for container secrets and systemd credentials).
 fn secret_from(
     inline: SecretString,
     file: Option<PathBuf>,
-    key: &str,
-) -> Result<SecretString, SettingsError> {
-    let file_key = format!("{key}_file");
-    let value = match file {
-        None => inline,
-        Some(_) if !inline.expose_secret().is_empty() => {
-            return Err(SettingsError::new(
-                key,
-                format!("and `{file_key}` are both set; keep one"),
-            ));
-        }
-        Some(path) => std::fs::read_to_string(&path)
-            .map_err(|err| {
-                SettingsError::new(
-                    &file_key,
-                    format!("names {}, which cannot be read: {err}", path.display()),
-                )
-            })?
-            .trim()
-            .to_owned()
-            .into(),
-    };
-    if value.expose_secret().trim().is_empty() {
+    key: &'static str,
+) -> Result<Secret, SettingsError> {
+    if file.is_some() && !inline.expose_secret().is_empty() {
         return Err(SettingsError::new(
             key,
-            format!("is not set (or use `{file_key}` with a path to a file holding it)"),
+            format!("and `{key}_file` are both set; keep one"),
         ));
     }
-    Ok(value)
+    Ok(Secret { key, inline, file })
 }
 
 /// Accepts `https://host[:port]` with an optional trailing `/v2`; plain HTTP only for loopback.
@@ -611,12 +626,14 @@ mod tests {
     #[test]
     fn a_numeric_looking_secret_keeps_its_exact_text() {
         let settings = load(&[("LSQ_REVOKER__API__SECRET_KEY", "00123e5")]).expect("load");
-        assert_eq!(settings.api.secret_key.expose_secret(), "00123e5");
+        let secret = settings.api.secret_key.resolve().expect("set");
+        assert_eq!(secret.expose_secret(), "00123e5");
     }
 
     #[test]
     fn a_missing_secret_names_the_key_and_the_variable() {
-        let err = Settings::load_with(None, Vec::new()).expect_err("no keys");
+        let settings = Settings::load_with(None, Vec::new()).expect("keys are read later");
+        let err = settings.api.access_key.resolve().expect_err("no keys");
         let line = err.to_string();
         assert!(line.contains("api.access_key"), "{line}");
         assert!(line.contains("LSQ_REVOKER__API__ACCESS_KEY"), "{line}");
@@ -702,7 +719,8 @@ mod tests {
             ],
         )
         .expect("load");
-        assert_eq!(settings.api.secret_key.expose_secret(), "from-file");
+        let secret = settings.api.secret_key.resolve().expect("read");
+        assert_eq!(secret.expose_secret(), "from-file");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! `api.max_in_flight` at once, so slow answers do not leave budget unused.
 //! [`Dispatcher::step`] is one decision; [`Dispatcher::run`] is the loop around it, with
 //! shutdown designed in: on cancellation it stops claiming, lets calls in flight finish within
-//! the grace period, records their outcomes and releases the rest.
+//! the grace period, records their outcomes and releases the rest. Each event that matters to
+//! an operator (a call's answer, a wait for the window, a batch, a stage reached, a pause) is
+//! also reported to [`Metrics`] with one call.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use crate::api::{Client, Outcome, Response, StatusReport};
 use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::job::{JobId, JobRow, Revocation};
+use crate::job::{JobId, JobRow, Revocation, Status};
 use crate::limiter::SlidingWindow;
+use crate::metrics::{DispatcherState, Metrics};
 use crate::poller::{self, Schedule, Verdict};
 use crate::retry::Backoff;
 use crate::store::{DueRequest, PollRecord, Retry, Store, StoreError};
@@ -127,18 +130,22 @@ pub struct Dispatcher {
     revokes_since_poll: u32,
     /// After finding nothing due, do not look again before this.
     idle_until: Option<Instant>,
+    /// Since when a ready call is held back by the sliding window alone (for metrics).
+    window_held_since: Option<Instant>,
+    metrics: Metrics,
     period: Totals,
     totals: Totals,
 }
 
 impl Dispatcher {
     /// A dispatcher for a database this process holds the dispatcher lock of: stale claims
-    /// are released and recent calls restored into the window.
+    /// are released and recent calls restored into the window. It reports to `metrics`.
     pub async fn start(
         store: Store,
         client: Client,
         settings: Arc<Settings>,
         clock: Clock,
+        metrics: Metrics,
     ) -> Result<Self, StoreError> {
         let now = clock.now_ms();
         let released = store.release_stale_claims(now).await?;
@@ -184,6 +191,8 @@ impl Dispatcher {
             in_flight: JoinSet::new(),
             revokes_since_poll: 0,
             idle_until: None,
+            window_held_since: None,
+            metrics,
             period: Totals::default(),
             totals: Totals::default(),
             settings,
@@ -205,7 +214,9 @@ impl Dispatcher {
         summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
         summary.tick().await;
         let exit = loop {
-            let gate = self.send_gate(Instant::now());
+            let now = Instant::now();
+            let gate = self.send_gate(now);
+            self.note_window_hold(now);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break Exit::Stopped,
@@ -218,6 +229,7 @@ impl Dispatcher {
                 () = sleep_until(gate.unwrap_or_else(Instant::now)), if gate.is_some() => {
                     match self.step().await? {
                         Step::Idle { next_due } => {
+                            self.window_held_since = None;
                             if until_idle && next_due.is_none() && self.in_flight.is_empty() && self.ready.is_empty() {
                                 break Exit::Idle;
                             }
@@ -254,6 +266,22 @@ impl Dispatcher {
         Some(at)
     }
 
+    /// Note when a call that is ready (a free slot, no pause, work waiting: halves of a refused
+    /// batch, or a backlog since the last step sent) starts being held back by the sliding
+    /// window alone; `lsq_revoker_limiter_wait_seconds` is the time from then to its start.
+    fn note_window_hold(&mut self, now: Instant) {
+        let work_waiting = !self.ready.is_empty() || self.idle_until.is_none();
+        let slot_free = matches!(self.pause, Pause::Running)
+            && self.in_flight.len() < self.settings.api.max_in_flight;
+        if self.window_held_since.is_none()
+            && work_waiting
+            && slot_free
+            && self.window.next_free(now) > now
+        {
+            self.window_held_since = Some(now);
+        }
+    }
+
     /// Start one call if there is something to send; the caller has checked the gate.
     ///
     /// The order is the budget rule: halves of a refused batch first (their jobs are already
@@ -266,6 +294,7 @@ impl Dispatcher {
         {
             info!("rate-limit pause over; resuming");
             self.pause = Pause::Running;
+            self.metrics.dispatcher_state(DispatcherState::Running);
         }
         if let Some(batch) = self.ready.pop_front() {
             return self.send_revoke(batch).await;
@@ -313,6 +342,11 @@ impl Dispatcher {
             .await?;
         let started = Instant::now();
         self.window.record(started);
+        let held = self.window_held_since.take();
+        self.metrics
+            .limiter_wait(held.map_or(Duration::ZERO, |since| {
+                started.saturating_duration_since(since)
+            }));
         self.tally(|totals| totals.calls += 1);
         Ok(Call { id, started })
     }
@@ -320,6 +354,7 @@ impl Dispatcher {
     async fn send_revoke(&mut self, batch: Batch) -> Result<Step, StoreError> {
         let jobs = batch.job_count();
         let call = self.start_call("revoke", jobs).await?;
+        self.metrics.batch(jobs);
         self.revokes_since_poll += 1;
         let client = self.client.clone();
         self.in_flight.spawn(async move {
@@ -396,12 +431,15 @@ impl Dispatcher {
         let store = self.store.clone();
         persist(|| store.record_call_end(call.id, response.status, response.latency, request_id))
             .await?;
+        self.metrics.api_call("revoke", response.status);
         match response.outcome {
             Outcome::Accepted(request_id) => {
                 self.resume_if_probe(call.started);
                 let ids = batch.job_ids();
                 let first_poll = self.polls.map(|schedule| now + millis(schedule.first()));
-                persist(|| store.mark_submitted(&ids, &request_id, now, first_poll)).await?;
+                let created =
+                    persist(|| store.mark_submitted(&ids, &request_id, now, first_poll)).await?;
+                self.metrics.jobs_reached(Status::Submitted, now, &created);
                 self.tally(|totals| totals.jobs_submitted += ids.len() as u64);
             }
             Outcome::RateLimited { retry_after } => {
@@ -494,6 +532,7 @@ impl Dispatcher {
         let store = self.store.clone();
         persist(|| store.record_call_end(call.id, response.status, response.latency, Some(id)))
             .await?;
+        self.metrics.api_call("status", response.status);
         let age = Duration::from_millis(u64::try_from(now - request.sent_at).unwrap_or(0));
         let next_poll = now + millis(schedule.after(polls));
         let give_up_after = self.settings.status_poll.give_up_after.as_secs();
@@ -513,9 +552,12 @@ impl Dispatcher {
                 };
                 match poller::verdict(&report, &self.settings.status_poll) {
                     Verdict::Completed => {
-                        let jobs = persist(|| store.settle_request(id, &record, None, now)).await?;
+                        let created =
+                            persist(|| store.settle_request(id, &record, None, now)).await?;
+                        self.metrics.jobs_reached(Status::Completed, now, &created);
+                        let jobs = created.len();
                         info!(request_id = id, jobs, polls, "revocation confirmed");
-                        self.tally(|totals| totals.jobs_completed += jobs);
+                        self.tally(|totals| totals.jobs_completed += jobs as u64);
                     }
                     Verdict::Failed { error } => self.on_request_error(id, &record, &error).await?,
                     Verdict::Awaiting if schedule.given_up(age) => {
@@ -600,7 +642,9 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
         let now = self.clock.now_ms();
-        let jobs = persist(|| store.settle_request(id, record, Some(reason), now)).await?;
+        let jobs = persist(|| store.settle_request(id, record, Some(reason), now))
+            .await?
+            .len() as u64;
         warn!(request_id = id, jobs, reason, "request failed");
         self.tally(|totals| totals.jobs_failed += jobs);
         Ok(())
@@ -644,7 +688,10 @@ impl Dispatcher {
                     until: current.max(until),
                 };
             }
-            Pause::Running => self.pause = Pause::RateLimited { until },
+            Pause::Running => {
+                self.pause = Pause::RateLimited { until };
+                self.metrics.dispatcher_state(DispatcherState::RateLimited);
+            }
             Pause::Misconfigured { .. } => {}
         }
     }
@@ -660,6 +707,7 @@ impl Dispatcher {
                 "LeadSquared accepts the configuration again; resuming"
             );
             self.pause = Pause::Running;
+            self.metrics.dispatcher_state(DispatcherState::Running);
         }
     }
 
@@ -708,6 +756,10 @@ impl Dispatcher {
                     next_probe: now + self.probe_backoff.delay(1),
                     last_logged: now,
                 };
+                self.metrics
+                    .dispatcher_state(DispatcherState::Misconfigured {
+                        http_status: status,
+                    });
             }
         }
     }

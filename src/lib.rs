@@ -15,7 +15,8 @@
 //!
 //! Only one dispatcher works a database at a time ([`lock`]); a crashed one's claims return to
 //! `pending` at the next start. [`simulator`] is a strict fake of the API for tests and
-//! [`demo`]; [`config`] and [`telemetry`] are the settings and the logs.
+//! [`demo`]; [`config`] and [`telemetry`] are the settings and the logs; [`metrics`] serves
+//! Prometheus metrics and `/healthz` when `metrics.listen` is set.
 
 pub mod api;
 pub mod app;
@@ -24,9 +25,12 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
+pub mod enqueue;
 pub mod job;
 pub mod limiter;
 pub mod lock;
+pub mod metrics;
+pub mod ops;
 pub mod poller;
 pub mod retry;
 pub mod simulator;

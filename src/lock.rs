@@ -56,6 +56,26 @@ impl DispatcherLock {
         }
     }
 
+    /// The pid of the dispatcher working the database at `db`, if one is. Does not take the
+    /// lock (a shared probe held for an instant), so a starting dispatcher is not delayed.
+    pub fn holder(db: &Path) -> std::io::Result<Option<String>> {
+        let path = Self::path_for(db);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                file.read_to_string(&mut pid)?;
+                Ok(Some(pid.trim().to_owned()))
+            }
+            Err(TryLockError::Error(err)) => Err(err),
+        }
+    }
+
     /// Take the lock, standing by while another dispatcher holds it. `None` if cancelled first.
     pub async fn acquire(db: &Path, cancel: &CancellationToken) -> std::io::Result<Option<Self>> {
         let mut announced = false;
@@ -99,7 +119,12 @@ mod tests {
             .expect("io")
             .expect_err("held");
         assert_eq!(holder, std::process::id().to_string());
+        assert_eq!(
+            DispatcherLock::holder(&db).expect("io"),
+            Some(std::process::id().to_string())
+        );
         drop(first);
+        assert_eq!(DispatcherLock::holder(&db).expect("io"), None);
         assert!(DispatcherLock::try_acquire(&db).expect("io").is_ok());
     }
 }

@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use lsq_revoker::clock::Clock;
 use lsq_revoker::config::{LogFormat, Settings};
-use lsq_revoker::{app, demo, telemetry};
+use lsq_revoker::store::RequeueFilter;
+use lsq_revoker::{app, demo, ops, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Drains a SQLite queue of LeadSquared lead-access revocations into paced, batched Revoke calls.
@@ -33,6 +36,44 @@ enum Command {
     },
     /// Run the whole service against the built-in simulator and a throwaway database.
     Demo,
+    /// Add jobs: one from flags, or many from a CSV or JSON-lines file (or standard input).
+    Enqueue(lsq_revoker::enqueue::EnqueueArgs),
+    /// Jobs per status, retries, confirmations, failures, budget used, and the dispatcher's state.
+    Stats {
+        /// Print JSON (a stable shape, for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed jobs back to pending with their attempts reset.
+    Requeue {
+        /// Every failed job.
+        #[arg(long, conflicts_with_all = ["ids", "reason", "older_than"])]
+        all: bool,
+        /// Only these jobs (comma-separated ids); each must exist and be failed.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        ids: Option<Vec<i64>>,
+        /// Only jobs whose last_error contains this text (case-insensitive).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Only jobs that failed longer ago than this (e.g. 2h, 7d).
+        #[arg(long, value_name = "AGE", value_parser = duration)]
+        older_than: Option<Duration>,
+        /// Show what would be requeued; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete completed jobs (and their finished requests) older than AGE.
+    Prune {
+        /// How old a finished job must be, e.g. 30d, 12h.
+        #[arg(long, value_name = "AGE", value_parser = duration)]
+        older_than: Duration,
+        /// Delete failed jobs older than AGE too (by default they stay until requeued).
+        #[arg(long)]
+        failed: bool,
+        /// Show what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +104,52 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.logging)?;
             app::migrate(&settings).await
+        }
+        Command::Stats { json } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let stats = ops::stats(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("{stats}");
+            }
+            Ok(())
+        }
+        Command::Requeue {
+            all,
+            ids,
+            reason,
+            older_than,
+            dry_run,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let now = Clock::new().now_ms();
+            let filter = RequeueFilter {
+                ids,
+                reason,
+                failed_before: older_than
+                    .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+            };
+            println!("{}", ops::requeue(&settings, filter, all, dry_run).await?);
+            Ok(())
+        }
+        Command::Prune {
+            older_than,
+            failed,
+            dry_run,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let pruned = ops::prune(&settings, older_than, failed, dry_run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!(
+                "{verb} {} completed jobs, {} failed jobs, {} finished requests",
+                pruned.completed_jobs, pruned.failed_jobs, pruned.requests
+            );
+            Ok(())
+        }
+        Command::Enqueue(args) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            lsq_revoker::enqueue::run(&settings, args).await
         }
         Command::Run { until_idle } => {
             let settings = Settings::load(cli.config.as_deref())?;
@@ -115,6 +202,11 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// `30d`, `12h`, `90m` for clap.
+fn duration(text: &str) -> Result<Duration, String> {
+    lsq_revoker::config::parse_duration(text)?.ok_or_else(|| "is empty; give e.g. 30d".to_owned())
 }
 
 fn fail(message: &str) -> ExitCode {

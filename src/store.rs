@@ -211,25 +211,30 @@ impl Store {
 
     /// The API accepted a call carrying `ids`. With `first_poll_at`, the request is recorded for
     /// status polling in the same transaction, so no accepted request goes unfollowed.
+    /// Returns each job's `created_at` for the insert-to-`submitted` latency: `None` where a
+    /// producer stored something other than Unix ms, which must not stop the outcome from being
+    /// recorded; it only goes unmeasured.
     pub async fn mark_submitted(
         &self,
         ids: &[JobId],
         request_id: &str,
         now: i64,
         first_poll_at: Option<i64>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Option<i64>>> {
         let mut tx = self.pool.begin().await.doing("recording submitted jobs")?;
-        sqlx::query(
+        let created = sqlx::query_scalar(
             "UPDATE revocation_jobs
              SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
                  last_error = NULL, submitted_at = ?3, updated_at = ?3,
                  claimed_by = NULL, claimed_at = NULL
-             WHERE id IN (SELECT value FROM json_each(?1))",
+             WHERE id IN (SELECT value FROM json_each(?1))
+             RETURNING CASE WHEN typeof(created_at) IN ('integer', 'real')
+                            THEN CAST(created_at AS INTEGER) END",
         )
         .bind(json_ids(ids))
         .bind(request_id)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .doing("recording submitted jobs")?;
         if let Some(first_poll_at) = first_poll_at {
@@ -246,7 +251,8 @@ impl Store {
             .await
             .doing("recording the request for status polling")?;
         }
-        tx.commit().await.doing("recording submitted jobs")
+        tx.commit().await.doing("recording submitted jobs")?;
+        Ok(created)
     }
 
     /// Claim the request whose poll is most overdue: its `next_poll_at` moves to `retry_at`, so
@@ -313,14 +319,15 @@ impl Store {
     }
 
     /// A verdict: the request and every job it carried end `completed` or `failed` (with
-    /// `reason`), in one transaction.
+    /// `reason`), in one transaction. Returns each settled job's `created_at` (as
+    /// [`Store::mark_submitted`] does).
     pub async fn settle_request(
         &self,
         request_id: &str,
         answer: &PollRecord<'_>,
         failure: Option<&str>,
         now: i64,
-    ) -> Result<u64> {
+    ) -> Result<Vec<Option<i64>>> {
         let (outcome, status) = match failure {
             None => ("completed", "completed"),
             Some(_) => ("failed", "failed"),
@@ -345,19 +352,20 @@ impl Store {
         .execute(&mut *tx)
         .await
         .doing("settling a request")?;
-        let jobs = sqlx::query(
+        let jobs = sqlx::query_scalar(
             "UPDATE revocation_jobs
              SET status = ?2, last_error = ?3, finished_at = ?4, updated_at = ?4
-             WHERE request_id = ?1 AND status = 'submitted'",
+             WHERE request_id = ?1 AND status = 'submitted'
+             RETURNING CASE WHEN typeof(created_at) IN ('integer', 'real')
+                            THEN CAST(created_at AS INTEGER) END",
         )
         .bind(request_id)
         .bind(status)
         .bind(failure)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .doing("settling a request's jobs")?
-        .rows_affected();
+        .doing("settling a request's jobs")?;
         tx.commit().await.doing("settling a request")?;
         Ok(jobs)
     }
@@ -613,6 +621,39 @@ impl Store {
     }
 }
 
+// ---- Enqueue: `lsq-revoker enqueue` adds checked jobs, skipping those already waiting. ----
+
+impl Store {
+    /// Insert `jobs` in one statement (so one short write transaction), skipping each job whose
+    /// revocation is already `pending` or `in_flight`, and return how many were inserted.
+    ///
+    /// The check is per row against the partial index `revocation_jobs_waiting` (migration 0003),
+    /// GUIDs compared without case as the validator reads them. Rows within `jobs` are not
+    /// checked against each other (SQLite evaluates the `SELECT` before inserting): the caller
+    /// passes distinct revocations.
+    pub async fn enqueue_jobs(&self, jobs: &[NewJob]) -> Result<u64> {
+        let json = serde_json::to_string(jobs).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(
+            "INSERT INTO revocation_jobs (user_id, entity_id, context_entity_id, access_type)
+             SELECT j.value ->> 'user_id', j.value ->> 'entity_id',
+                    j.value ->> 'context_entity_id', j.value ->> 'access_type'
+             FROM json_each(?1) AS j
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM revocation_jobs AS w
+                 WHERE w.entity_id = j.value ->> 'entity_id'
+                   AND w.user_id = (j.value ->> 'user_id') COLLATE NOCASE
+                   AND w.context_entity_id = (j.value ->> 'context_entity_id') COLLATE NOCASE
+                   AND w.access_type = j.value ->> 'access_type'
+                   AND w.status IN ('pending', 'in_flight'))",
+        )
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .doing("enqueueing jobs")
+        .map(|done| done.rows_affected())
+    }
+}
+
 /// Rows selected as `id, user_id, entity_id, context_entity_id, access_type, attempts`, with
 /// the text columns cast so that whatever a producer stored can be read and reported.
 fn job_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
@@ -632,4 +673,232 @@ fn job_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> std::result::Result<Vec<JobRo
 
 fn json_ids(ids: &[JobId]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned())
+}
+
+// ---- Operator queries: `stats`, `requeue`, `prune` and the daemon's retention. ----
+
+/// Which `failed` jobs `requeue` moves back to `pending`; every given filter must match.
+#[derive(Debug, Clone, Default)]
+pub struct RequeueFilter {
+    pub ids: Option<Vec<JobId>>,
+    /// Substring of `last_error` (case-insensitive for ASCII).
+    pub reason: Option<String>,
+    /// Only jobs that failed before this Unix ms.
+    pub failed_before: Option<i64>,
+}
+
+/// What `prune` removed (or would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub completed_jobs: u64,
+    pub failed_jobs: u64,
+    pub requests: u64,
+}
+
+/// Deletes run in chunks this large, so producers and the worker never wait long for the lock.
+const PRUNE_CHUNK: i64 = 1000;
+
+impl Store {
+    /// `created_at` of the oldest pending job.
+    pub async fn oldest_pending(&self) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT MIN(created_at) FROM revocation_jobs WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .doing("finding the oldest pending job")
+    }
+
+    /// Pending jobs waiting for a retry (not due before `now`), and when the first is due.
+    pub async fn waiting_for_retry(&self, now: i64) -> Result<(u64, Option<i64>)> {
+        let (count, next): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(run_after) FROM revocation_jobs
+             WHERE status = 'pending' AND run_after > ?1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .doing("counting jobs waiting for a retry")?;
+        Ok((u64::try_from(count).unwrap_or(0), next))
+    }
+
+    /// `last_error` of failed jobs with their counts, most frequent first.
+    pub async fn failure_reasons(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT last_error, COUNT(*) FROM revocation_jobs WHERE status = 'failed'
+             GROUP BY last_error ORDER BY COUNT(*) DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading failure reasons")?;
+        Ok(rows
+            .into_iter()
+            .map(|(reason, count)| {
+                (
+                    reason.unwrap_or_else(|| "(no reason recorded)".to_owned()),
+                    u64::try_from(count).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    /// Calls started since `since`, and how many of them were answered 429.
+    pub async fn calls_since(&self, since: i64) -> Result<(u64, u64)> {
+        let (calls, limited): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(http_status = 429) FROM api_calls WHERE started_at >= ?1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .doing("counting recent calls")?;
+        Ok((
+            u64::try_from(calls).unwrap_or(0),
+            u64::try_from(limited.unwrap_or(0)).unwrap_or(0),
+        ))
+    }
+
+    /// Start time and HTTP status of the most recent answered call.
+    pub async fn last_answer(&self) -> Result<Option<(i64, u16)>> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT started_at, http_status FROM api_calls
+             WHERE http_status IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .doing("reading the last answer")?;
+        Ok(row.map(|(at, status)| (at, u16::try_from(status).unwrap_or(0))))
+    }
+
+    /// Of `ids`, those that are not `failed`, with their status (`None`: no such job).
+    pub async fn not_failed(&self, ids: &[JobId]) -> Result<Vec<(JobId, Option<String>)>> {
+        let found: Vec<(JobId, String)> = sqlx::query_as(
+            "SELECT id, status FROM revocation_jobs WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_ids(ids))
+        .fetch_all(&self.pool)
+        .await
+        .doing("looking up jobs")?;
+        let found: BTreeMap<JobId, String> = found.into_iter().collect();
+        Ok(ids
+            .iter()
+            .filter_map(|id| match found.get(id) {
+                Some(status) if status == "failed" => None,
+                other => Some((*id, other.cloned())),
+            })
+            .collect())
+    }
+
+    /// Put matching `failed` jobs back to `pending` with their attempts reset; with `dry_run`
+    /// the same statement runs and is rolled back, so the ids are exactly those it would move.
+    pub async fn requeue(
+        &self,
+        filter: &RequeueFilter,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<Vec<JobId>> {
+        let mut tx = self.pool.begin().await.doing("requeueing jobs")?;
+        let mut ids: Vec<JobId> = sqlx::query_scalar(
+            "UPDATE revocation_jobs
+             SET status = 'pending', attempts = 0, run_after = 0, last_error = NULL,
+                 request_id = NULL, finished_at = NULL, updated_at = ?4
+             WHERE status = 'failed'
+               AND (?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
+               AND (?2 IS NULL OR last_error LIKE '%' || ?2 || '%')
+               AND (?3 IS NULL OR finished_at < ?3)
+             RETURNING id",
+        )
+        .bind(filter.ids.as_deref().map(json_ids))
+        .bind(filter.reason.as_deref())
+        .bind(filter.failed_before)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .doing("requeueing jobs")?;
+        if dry_run {
+            tx.rollback().await.doing("rolling back a dry run")?;
+        } else {
+            tx.commit().await.doing("requeueing jobs")?;
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Delete `completed` jobs finished before `completed_before`, `failed` ones finished before
+    /// `failed_before`, and finished requests no job refers to any more, in short chunks.
+    pub async fn prune(
+        &self,
+        completed_before: Option<i64>,
+        failed_before: Option<i64>,
+        dry_run: bool,
+    ) -> Result<Pruned> {
+        if dry_run {
+            let (completed, failed, requests): (i64, i64, i64) = sqlx::query_as(
+                "SELECT
+                   (SELECT COUNT(*) FROM revocation_jobs WHERE status = 'completed' AND finished_at < ?1),
+                   (SELECT COUNT(*) FROM revocation_jobs WHERE status = 'failed' AND finished_at < ?2),
+                   (SELECT COUNT(*) FROM revoke_requests r
+                    WHERE r.outcome <> 'awaiting' AND r.finished_at < MAX(COALESCE(?1, 0), COALESCE(?2, 0))
+                      AND NOT EXISTS (SELECT 1 FROM revocation_jobs j
+                                      WHERE j.request_id = r.request_id
+                                        AND NOT ((j.status = 'completed' AND j.finished_at < ?1)
+                                              OR (j.status = 'failed' AND j.finished_at < ?2))))",
+            )
+            .bind(completed_before)
+            .bind(failed_before)
+            .fetch_one(&self.pool)
+            .await
+            .doing("counting what prune would delete")?;
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            return Ok(Pruned {
+                completed_jobs: count(completed),
+                failed_jobs: count(failed),
+                requests: count(requests),
+            });
+        }
+        let mut pruned = Pruned::default();
+        for (status, before) in [("completed", completed_before), ("failed", failed_before)] {
+            let Some(before) = before else { continue };
+            loop {
+                let deleted = sqlx::query(
+                    "DELETE FROM revocation_jobs WHERE id IN
+                       (SELECT id FROM revocation_jobs WHERE status = ?1 AND finished_at < ?2 LIMIT ?3)",
+                )
+                .bind(status)
+                .bind(before)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await
+                .doing("pruning jobs")?
+                .rows_affected();
+                match status {
+                    "completed" => pruned.completed_jobs += deleted,
+                    _ => pruned.failed_jobs += deleted,
+                }
+                if deleted < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        let requests_before = completed_before.max(failed_before);
+        if let Some(before) = requests_before {
+            loop {
+                let deleted = sqlx::query(
+                    "DELETE FROM revoke_requests WHERE request_id IN
+                       (SELECT r.request_id FROM revoke_requests r
+                        WHERE r.outcome <> 'awaiting' AND r.finished_at < ?1
+                          AND NOT EXISTS (SELECT 1 FROM revocation_jobs j WHERE j.request_id = r.request_id)
+                        LIMIT ?2)",
+                )
+                .bind(before)
+                .bind(PRUNE_CHUNK)
+                .execute(&self.pool)
+                .await
+                .doing("pruning requests")?
+                .rows_affected();
+                pruned.requests += deleted;
+                if deleted < PRUNE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
 }
