@@ -575,10 +575,11 @@ impl WorkerRun {
 /// (`--measure-child`, see [`measure_child`]) starts it, waits for it and reports
 /// `getrusage(RUSAGE_CHILDREN)`. Spawning the worker directly would charge it this process's
 /// memory: Linux records the peak RSS of the address space a process leaves at `exec` in that
-/// process's `ru_maxrss`, and `posix_spawn` runs the child in its parent's address space until
-/// then, so the worker would report at least this process's own peak (the simulator's records
-/// and the seeded backlog, which grow from run to run). The measuring parent is a few MiB, which
-/// is then the floor of the figure; `parent_hwm_mib` says how much.
+/// process's `ru_maxrss`, and until `exec` a spawned child runs in its parent's address space
+/// (`posix_spawn`) or a copy of it (`fork`), so the worker would report at least this process's
+/// own peak (the simulator's records and the seeded backlog: 85 to 136 MiB here, growing from
+/// run to run). The measuring parent is a few MiB, which is then the floor of the figure;
+/// `parent_hwm_mib` says how much. Its start-up is inside the wall time, a few milliseconds.
 struct ChildUsage {
     user: Duration,
     system: Duration,

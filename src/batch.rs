@@ -77,6 +77,7 @@ mod tests {
             context_entity_id: "9a0e8f2c-1b7d-4c55-8f5e-2b8d6f0c1a11".into(),
             access_type: "1".into(),
             attempts: 0,
+            created_at: None,
         }
     }
 

@@ -30,7 +30,7 @@ use crate::limiter::SlidingWindow;
 use crate::metrics::{DispatcherState, Metrics};
 use crate::poller::{self, Schedule, Verdict};
 use crate::retry::Backoff;
-use crate::store::{DueRequest, PollRecord, Retry, Store, StoreError};
+use crate::store::{CallEnd, DueRequest, PollRecord, Retry, Store, StoreError};
 
 /// How long calls are remembered: enough for the limiter and for an operator's "last hour".
 const CALL_LOG_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -429,16 +429,23 @@ impl Dispatcher {
             "revoke call"
         );
         let store = self.store.clone();
-        persist(|| store.record_call_end(call.id, response.status, response.latency, request_id))
-            .await?;
+        let end = CallEnd {
+            call: call.id,
+            http_status: response.status,
+            latency: response.latency,
+            request_id,
+        };
+        if request_id.is_none() {
+            persist(|| store.record_call_end(&end)).await?;
+        }
         self.metrics.api_call("revoke", response.status);
         match response.outcome {
-            Outcome::Accepted(request_id) => {
+            Outcome::Accepted(ref request_id) => {
                 self.resume_if_probe(call.started);
                 let ids = batch.job_ids();
                 let first_poll = self.polls.map(|schedule| now + millis(schedule.first()));
-                let created =
-                    persist(|| store.mark_submitted(&ids, &request_id, now, first_poll)).await?;
+                persist(|| store.mark_submitted(&ids, &end, request_id, now, first_poll)).await?;
+                let created: Vec<Option<i64>> = batch.jobs().map(|job| job.created_at).collect();
                 self.metrics.jobs_reached(Status::Submitted, now, &created);
                 self.tally(|totals| totals.jobs_submitted += ids.len() as u64);
             }
@@ -530,8 +537,13 @@ impl Dispatcher {
             "status poll"
         );
         let store = self.store.clone();
-        persist(|| store.record_call_end(call.id, response.status, response.latency, Some(id)))
-            .await?;
+        let end = CallEnd {
+            call: call.id,
+            http_status: response.status,
+            latency: response.latency,
+            request_id: Some(id),
+        };
+        persist(|| store.record_call_end(&end)).await?;
         self.metrics.api_call("status", response.status);
         let age = Duration::from_millis(u64::try_from(now - request.sent_at).unwrap_or(0));
         let next_poll = now + millis(schedule.after(polls));

@@ -258,6 +258,7 @@ fn revocation(fields: Fields) -> Result<Revocation, String> {
         context_entity_id: fields.activity_id.ok_or_else(|| missing(&ACTIVITY_NAMES))?,
         access_type,
         attempts: 0,
+        created_at: None,
     };
     row.revocation().map_err(|err| err.to_string())
 }

@@ -59,6 +59,8 @@ pub struct JobRow {
     pub access_type: String,
     /// Calls already made for this job (not counting the one about to be made).
     pub attempts: u32,
+    /// Unix ms of the insert, when the producer left the default (for latency metrics).
+    pub created_at: Option<i64>,
 }
 
 /// Read (1, the API's default) or write (2) access.
@@ -158,6 +160,7 @@ mod tests {
             context_entity_id: activity.into(),
             access_type: access.to_string(),
             attempts: 0,
+            created_at: None,
         }
     }
 

@@ -80,6 +80,15 @@ pub struct PollRecord<'a> {
     pub error_message: Option<&'a str>,
 }
 
+/// How a call ended, for the `api_calls` log.
+#[derive(Debug, Clone, Copy)]
+pub struct CallEnd<'a> {
+    pub call: i64,
+    pub http_status: Option<u16>,
+    pub latency: Duration,
+    pub request_id: Option<&'a str>,
+}
+
 /// Jobs per status, for the periodic summary and `until-idle`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatusCounts {
@@ -111,7 +120,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // statement journals of multi-row updates stay in memory, not in temp files
+            .pragma("temp_store", "memory");
         let path = Some(options.get_filename().to_path_buf())
             .filter(|path| !path.as_os_str().is_empty() && path.as_os_str() != ":memory:");
         if let Some(dir) = path.as_ref().and_then(|path| path.parent())
@@ -187,56 +198,75 @@ impl Store {
         .map(|done| done.rows_affected())
     }
 
-    /// Claim up to `limit` jobs that are due, oldest first.
+    /// Claim up to `limit` jobs that are due, oldest first. One short write transaction: the
+    /// rows come back as a single JSON array rather than row by row, which keeps the claim cheap
+    /// (each row sqlx streams crosses a thread).
     pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
-        let rows = sqlx::query(
-            "UPDATE revocation_jobs
-             SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
-             WHERE id IN (SELECT id FROM revocation_jobs
-                          WHERE status = 'pending' AND run_after <= ?2
-                          ORDER BY id LIMIT ?3)
-             RETURNING id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
-                       CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts",
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("claiming jobs")?;
+        let picked: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
+                                                CAST(context_entity_id AS TEXT),
+                                                CAST(access_type AS TEXT), attempts, created_at))
+             FROM (SELECT * FROM revocation_jobs
+                   WHERE status = 'pending' AND run_after <= ?1
+                   ORDER BY id LIMIT ?2)",
         )
-        .bind(owner)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .doing("claiming jobs")?;
-        let mut jobs = job_rows(rows).doing("reading claimed jobs")?;
-        jobs.sort_unstable_by_key(|job| job.id);
+        let jobs = parse_job_rows(&picked).doing("reading claimed jobs")?;
+        if !jobs.is_empty() {
+            sqlx::query(
+                "UPDATE revocation_jobs
+                 SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
+                 WHERE id IN (SELECT value ->> 0 FROM json_each(?3))",
+            )
+            .bind(owner)
+            .bind(now)
+            .bind(&picked)
+            .execute(&mut *tx)
+            .await
+            .doing("claiming jobs")?;
+        }
+        tx.commit().await.doing("claiming jobs")?;
         Ok(jobs)
     }
 
-    /// The API accepted a call carrying `ids`. With `first_poll_at`, the request is recorded for
+    /// The API accepted `call` carrying `ids`. With `first_poll_at`, the request is recorded for
     /// status polling in the same transaction, so no accepted request goes unfollowed.
-    /// Returns each job's `created_at` for the insert-to-`submitted` latency: `None` where a
-    /// producer stored something other than Unix ms, which must not stop the outcome from being
-    /// recorded; it only goes unmeasured.
     pub async fn mark_submitted(
         &self,
         ids: &[JobId],
+        call: &CallEnd<'_>,
         request_id: &str,
         now: i64,
         first_poll_at: Option<i64>,
-    ) -> Result<Vec<Option<i64>>> {
-        let mut tx = self.pool.begin().await.doing("recording submitted jobs")?;
-        let created = sqlx::query_scalar(
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("recording submitted jobs")?;
+        sqlx::query(
             "UPDATE revocation_jobs
              SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
                  last_error = NULL, submitted_at = ?3, updated_at = ?3,
                  claimed_by = NULL, claimed_at = NULL
-             WHERE id IN (SELECT value FROM json_each(?1))
-             RETURNING CASE WHEN typeof(created_at) IN ('integer', 'real')
-                            THEN CAST(created_at AS INTEGER) END",
+             WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(json_ids(ids))
         .bind(request_id)
         .bind(now)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await
         .doing("recording submitted jobs")?;
+        write_call_end(&mut *tx, call).await?;
         if let Some(first_poll_at) = first_poll_at {
             sqlx::query(
                 "INSERT INTO revoke_requests (request_id, job_count, sent_at, next_poll_at)
@@ -251,8 +281,7 @@ impl Store {
             .await
             .doing("recording the request for status polling")?;
         }
-        tx.commit().await.doing("recording submitted jobs")?;
-        Ok(created)
+        tx.commit().await.doing("recording submitted jobs")
     }
 
     /// Claim the request whose poll is most overdue: its `next_poll_at` moves to `retry_at`, so
@@ -399,7 +428,8 @@ impl Store {
              SET status = 'in_flight', claimed_by = ?2, claimed_at = ?3, updated_at = ?3
              WHERE request_id = ?1 AND status = 'submitted'
              RETURNING id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
-                       CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts",
+                       CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts,
+                       created_at",
         )
         .bind(request_id)
         .bind(owner)
@@ -551,24 +581,8 @@ impl Store {
         .doing("recording a call")
     }
 
-    pub async fn record_call_end(
-        &self,
-        call: i64,
-        http_status: Option<u16>,
-        latency: Duration,
-        request_id: Option<&str>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE api_calls SET http_status = ?2, latency_ms = ?3, request_id = ?4 WHERE id = ?1",
-        )
-        .bind(call)
-        .bind(http_status)
-        .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX))
-        .bind(request_id)
-        .execute(&self.pool)
-        .await
-        .doing("recording a call's answer")
-        .map(drop)
+    pub async fn record_call_end(&self, end: &CallEnd<'_>) -> Result<()> {
+        write_call_end(&self.pool, end).await
     }
 
     /// Start times (Unix ms) of the calls made since `since`.
@@ -627,7 +641,7 @@ impl Store {
     /// Insert `jobs` in one statement (so one short write transaction), skipping each job whose
     /// revocation is already `pending` or `in_flight`, and return how many were inserted.
     ///
-    /// The check is per row against the partial index `revocation_jobs_waiting` (migration 0003),
+    /// The check is per row against the index `revocation_jobs_revocation` (migration 0003),
     /// GUIDs compared without case as the validator reads them. Rows within `jobs` are not
     /// checked against each other (SQLite evaluates the `SELECT` before inserting): the caller
     /// passes distinct revocations.
@@ -654,8 +668,28 @@ impl Store {
     }
 }
 
-/// Rows selected as `id, user_id, entity_id, context_entity_id, access_type, attempts`, with
-/// the text columns cast so that whatever a producer stored can be read and reported.
+/// Shared by [`Store::record_call_end`] and the outcome transactions that record it with
+/// their jobs (one write transaction instead of two on the hot path).
+async fn write_call_end<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    end: &CallEnd<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE api_calls SET http_status = ?2, latency_ms = ?3, request_id = ?4 WHERE id = ?1",
+    )
+    .bind(end.call)
+    .bind(end.http_status)
+    .bind(i64::try_from(end.latency.as_millis()).unwrap_or(i64::MAX))
+    .bind(end.request_id)
+    .execute(executor)
+    .await
+    .doing("recording a call's answer")
+    .map(drop)
+}
+
+/// Rows selected as `id, user_id, entity_id, context_entity_id, access_type, attempts,
+/// created_at`, with the text columns cast so that whatever a producer stored can be read and
+/// reported.
 fn job_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
     rows.into_iter()
         .map(|row| {
@@ -666,9 +700,46 @@ fn job_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> std::result::Result<Vec<JobRo
                 context_entity_id: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
                 access_type: row.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
                 attempts: row.try_get(5)?,
+                created_at: row
+                    .try_get::<Option<f64>, _>(6)
+                    .ok()
+                    .flatten()
+                    .map(|ms| ms as i64),
             })
         })
         .collect()
+}
+
+/// The same columns, as the JSON array of arrays that a claim returns.
+fn parse_job_rows(json: &str) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
+    type Columns = (
+        JobId,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        u32,
+        serde_json::Value,
+    );
+    let rows: Vec<Columns> =
+        serde_json::from_str(json).map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, user_id, entity_id, context_entity_id, access_type, attempts, created_at)| {
+                JobRow {
+                    id,
+                    user_id: user_id.unwrap_or_default(),
+                    entity_id: entity_id.unwrap_or_default(),
+                    context_entity_id: context_entity_id.unwrap_or_default(),
+                    access_type: access_type.unwrap_or_default(),
+                    attempts,
+                    // a producer may have stored anything; only Unix ms are measured
+                    created_at: created_at.as_f64().map(|ms| ms as i64),
+                }
+            },
+        )
+        .collect())
 }
 
 fn json_ids(ids: &[JobId]) -> String {
