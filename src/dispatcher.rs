@@ -225,6 +225,12 @@ impl Dispatcher {
                         Ok(answer) => self.on_answer(answer).await?,
                         Err(err) => error!(error = %err, "a call task ended abnormally; its jobs are released at the next start"),
                     }
+                    // While the window holds the next step back, notice here that all is done.
+                    let now = Instant::now();
+                    let held_back = self.send_gate(now).is_some_and(|at| at > now);
+                    if until_idle && held_back && self.nothing_left().await? {
+                        break Exit::Idle;
+                    }
                 }
                 () = sleep_until(gate.unwrap_or_else(Instant::now)), if gate.is_some() => {
                     match self.step().await? {
@@ -245,6 +251,21 @@ impl Dispatcher {
         self.drain().await?;
         self.log_summary().await?;
         Ok(exit)
+    }
+
+    /// Nothing in flight or waiting to be sent, no job pending (due or not) and, with polling,
+    /// no request awaiting a verdict.
+    async fn nothing_left(&self) -> Result<bool, StoreError> {
+        if !self.in_flight.is_empty() || !self.ready.is_empty() {
+            return Ok(false);
+        }
+        if self.store.any_pending().await? {
+            return Ok(false);
+        }
+        Ok(match self.polls {
+            Some(_) => self.store.next_poll_due().await?.is_none(),
+            None => true,
+        })
     }
 
     /// When the next call may start, or `None` while no more calls may be in flight.

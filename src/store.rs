@@ -626,6 +626,14 @@ impl Store {
         })
     }
 
+    /// Whether any job is pending, due or not (one index probe).
+    pub async fn any_pending(&self) -> Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revocation_jobs WHERE status = 'pending')")
+            .fetch_one(&self.pool)
+            .await
+            .doing("looking for pending jobs")
+    }
+
     /// When the earliest pending job becomes due (Unix ms), if any job is pending.
     pub async fn next_due(&self) -> Result<Option<i64>> {
         sqlx::query_scalar("SELECT MIN(run_after) FROM revocation_jobs WHERE status = 'pending'")
