@@ -4,12 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lsq_revoker::clock::Clock;
 use lsq_revoker::config::{LogFormat, Settings};
-use lsq_revoker::store::RequeueFilter;
 use lsq_revoker::{app, demo, ops, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -45,35 +42,9 @@ enum Command {
         json: bool,
     },
     /// Put failed jobs back to pending with their attempts reset.
-    Requeue {
-        /// Every failed job.
-        #[arg(long, conflicts_with_all = ["ids", "reason", "older_than"])]
-        all: bool,
-        /// Only these jobs (comma-separated ids); each must exist and be failed.
-        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
-        ids: Option<Vec<i64>>,
-        /// Only jobs whose last_error contains this text (case-insensitive).
-        #[arg(long, value_name = "TEXT")]
-        reason: Option<String>,
-        /// Only jobs that failed longer ago than this (e.g. 2h, 7d).
-        #[arg(long, value_name = "AGE", value_parser = duration)]
-        older_than: Option<Duration>,
-        /// Show what would be requeued; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Requeue(ops::RequeueArgs),
     /// Delete completed jobs (and their finished requests) older than AGE.
-    Prune {
-        /// How old a finished job must be, e.g. 30d, 12h.
-        #[arg(long, value_name = "AGE", value_parser = duration)]
-        older_than: Duration,
-        /// Delete failed jobs older than AGE too (by default they stay until requeued).
-        #[arg(long)]
-        failed: bool,
-        /// Show what would be deleted; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prune(ops::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,36 +86,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Requeue {
-            all,
-            ids,
-            reason,
-            older_than,
-            dry_run,
-        } => {
+        Command::Requeue(args) => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let now = Clock::new().now_ms();
-            let filter = RequeueFilter {
-                ids,
-                reason,
-                failed_before: older_than
-                    .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
-            };
-            println!("{}", ops::requeue(&settings, filter, all, dry_run).await?);
+            println!("{}", ops::requeue(&settings, args).await?);
             Ok(())
         }
-        Command::Prune {
-            older_than,
-            failed,
-            dry_run,
-        } => {
+        Command::Prune(args) => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let pruned = ops::prune(&settings, older_than, failed, dry_run).await?;
-            let verb = if dry_run { "would delete" } else { "deleted" };
-            println!(
-                "{verb} {} completed jobs, {} failed jobs, {} finished requests",
-                pruned.completed_jobs, pruned.failed_jobs, pruned.requests
-            );
+            println!("{}", ops::prune(&settings, args).await?);
             Ok(())
         }
         Command::Enqueue(args) => {
@@ -162,13 +111,9 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The demo needs no keys; it logs errors only, unless `RUST_LOG` asks for more.
+/// The demo logs errors only, unless `RUST_LOG` asks for more.
 fn demo_log_env() -> Vec<(String, String)> {
-    vec![
-        ("LSQ_REVOKER__API__ACCESS_KEY".to_owned(), "demo".to_owned()),
-        ("LSQ_REVOKER__API__SECRET_KEY".to_owned(), "demo".to_owned()),
-        ("LSQ_REVOKER__LOGGING__LEVEL".to_owned(), "error".to_owned()),
-    ]
+    vec![("LSQ_REVOKER__LOGGING__LEVEL".to_owned(), "error".to_owned())]
 }
 
 /// Cancel on SIGTERM or Ctrl-C; a second signal exits at once.
@@ -202,11 +147,6 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-/// `30d`, `12h`, `90m` for clap.
-fn duration(text: &str) -> Result<Duration, String> {
-    lsq_revoker::config::parse_duration(text)?.ok_or_else(|| "is empty; give e.g. 30d".to_owned())
 }
 
 fn fail(message: &str) -> ExitCode {

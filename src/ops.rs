@@ -248,6 +248,45 @@ fn age(seconds: f64) -> String {
     }
 }
 
+/// `lsq-revoker requeue`: which `failed` jobs to put back; the filters combine.
+#[derive(Debug, clap::Args)]
+pub struct RequeueArgs {
+    /// Every failed job.
+    #[arg(long, conflicts_with_all = ["ids", "reason", "older_than"])]
+    pub all: bool,
+    /// Only these jobs (comma-separated ids); each must exist and be failed.
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    pub ids: Option<Vec<JobId>>,
+    /// Only jobs whose last_error contains this text (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Only jobs that failed longer ago than this (e.g. 2h, 7d).
+    #[arg(long, value_name = "AGE", value_parser = age_argument)]
+    pub older_than: Option<Duration>,
+    /// Show what would be requeued; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `lsq-revoker prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// How old a finished job must be, e.g. 30d, 12h.
+    #[arg(long, value_name = "AGE", value_parser = age_argument)]
+    pub older_than: Duration,
+    /// Delete failed jobs older than AGE too (by default they stay until requeued).
+    #[arg(long)]
+    pub failed: bool,
+    /// Show what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `30d`, `12h`, `90m` on the command line.
+fn age_argument(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)?.ok_or_else(|| "is empty; give e.g. 30d".to_owned())
+}
+
 /// What `requeue` did, or with `dry_run` would do.
 #[derive(Debug, Clone)]
 pub struct Requeued {
@@ -264,15 +303,16 @@ pub enum RequeueError {
     NotFailed(String),
 }
 
-pub async fn requeue(
-    settings: &Settings,
-    filter: RequeueFilter,
-    all: bool,
-    dry_run: bool,
-) -> anyhow::Result<Requeued> {
+pub async fn requeue(settings: &Settings, args: RequeueArgs) -> anyhow::Result<Requeued> {
+    let now = Clock::new().now_ms();
+    let filter = RequeueFilter {
+        ids: args.ids,
+        reason: args.reason,
+        failed_before: args.older_than.map(|age| now - millis(age)),
+    };
     let any_filter =
         filter.ids.is_some() || filter.reason.is_some() || filter.failed_before.is_some();
-    if !all && !any_filter {
+    if !args.all && !any_filter {
         return Err(RequeueError::NoFilter.into());
     }
     let store = open(settings).await?;
@@ -290,11 +330,12 @@ pub async fn requeue(
             return Err(RequeueError::NotFailed(described.join("; ")).into());
         }
     }
-    let ids = store
-        .requeue(&filter, Clock::new().now_ms(), dry_run)
-        .await?;
+    let ids = store.requeue(&filter, now, args.dry_run).await?;
     store.close().await;
-    Ok(Requeued { ids, dry_run })
+    Ok(Requeued {
+        ids,
+        dry_run: args.dry_run,
+    })
 }
 
 impl std::fmt::Display for Requeued {
@@ -317,20 +358,43 @@ impl std::fmt::Display for Requeued {
     }
 }
 
-/// `lsq-revoker prune --older-than AGE [--failed]`.
-pub async fn prune(
-    settings: &Settings,
-    older_than: Duration,
-    include_failed: bool,
-    dry_run: bool,
-) -> anyhow::Result<Pruned> {
+/// What `prune` deleted, or with `dry_run` would delete.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneReport {
+    pub pruned: Pruned,
+    pub dry_run: bool,
+}
+
+pub async fn prune(settings: &Settings, args: PruneArgs) -> anyhow::Result<PruneReport> {
     let store = open(settings).await?;
-    let before = Clock::new().now_ms() - millis(older_than);
+    let before = Clock::new().now_ms() - millis(args.older_than);
     let pruned = store
-        .prune(Some(before), include_failed.then_some(before), dry_run)
+        .prune(Some(before), args.failed.then_some(before), args.dry_run)
         .await?;
     store.close().await;
-    Ok(pruned)
+    Ok(PruneReport {
+        pruned,
+        dry_run: args.dry_run,
+    })
+}
+
+impl std::fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let Pruned {
+            completed_jobs,
+            failed_jobs,
+            requests,
+        } = self.pruned;
+        write!(
+            f,
+            "{verb} {completed_jobs} completed jobs, {failed_jobs} failed jobs, {requests} finished requests"
+        )
+    }
 }
 
 /// The daemon's retention: every `retention.interval`, prune what the settings say.
