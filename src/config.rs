@@ -84,7 +84,7 @@ pub enum AuthMode {
 
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    /// Scheme + host[:port], without the `/v2` path.
+    /// Scheme + `host[:port]`, without the `/v2` path.
     pub base_url: Url,
     pub access_key: Secret,
     pub secret_key: Secret,

@@ -5,9 +5,9 @@
 //! ([`JobRow::revocation`]) and stored in the canonical form those rules produce, so a job that
 //! enqueue accepts never fails validation later. The whole input is read and checked before the
 //! database is touched: with one bad line, nothing is written and every reason is reported
-//! (the first [`MAX_REPORTED`], with their line numbers).
+//! (the first twenty, with their line numbers).
 //!
-//! Valid input is then inserted in chunks of [`CHUNK`] rows, one short write transaction each,
+//! Valid input is then inserted in chunks of 500 rows, one short write transaction each,
 //! because `run` and the producers share the database: a single transaction for a large file
 //! would hold SQLite's only write lock for as long as the whole insert takes, and stall them.
 //! That keeps the all-or-nothing promise for *bad input*, which is refused before the first
