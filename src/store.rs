@@ -122,7 +122,10 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             // statement journals of multi-row updates stay in memory, not in temp files
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // Checkpoint at a quarter of SQLite's default WAL size: the dispatcher, which writes
+            // most, then does the checkpoints, and a producer's insert does not have to.
+            .pragma("wal_autocheckpoint", "250");
         let path = Some(options.get_filename().to_path_buf())
             .filter(|path| !path.as_os_str().is_empty() && path.as_os_str() != ":memory:");
         if let Some(dir) = path.as_ref().and_then(|path| path.parent())
@@ -198,15 +201,15 @@ impl Store {
         .map(|done| done.rows_affected())
     }
 
-    /// Claim up to `limit` jobs that are due, oldest first. One short write transaction: the
-    /// rows come back as a single JSON array rather than row by row, which keeps the claim cheap
-    /// (each row sqlx streams crosses a thread).
+    /// Claim up to `limit` jobs that are due, oldest first.
+    ///
+    /// Producers share SQLite's one write lock, and a busy producer sleeps in growing steps, so
+    /// the dispatcher holds that lock for single statements only, never across a round trip to
+    /// this process: it reads the due rows first (one JSON array, not row by row, since each row
+    /// sqlx streams crosses a thread), then moves exactly those rows to `in_flight`. That is safe
+    /// because only the dispatcher holding the database's lock moves jobs out of `pending`; if a
+    /// row was changed by hand in between, only the rows actually claimed are returned.
     pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("claiming jobs")?;
         let picked: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
                                                 CAST(context_entity_id AS TEXT),
@@ -217,29 +220,49 @@ impl Store {
         )
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await
-        .doing("claiming jobs")?;
-        let jobs = parse_job_rows(&picked).doing("reading claimed jobs")?;
-        if !jobs.is_empty() {
-            sqlx::query(
-                "UPDATE revocation_jobs
-                 SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
-                 WHERE id IN (SELECT value ->> 0 FROM json_each(?3))",
+        .doing("finding due jobs")?;
+        let mut jobs = parse_job_rows(&picked).doing("reading due jobs")?;
+        if jobs.is_empty() {
+            return Ok(jobs);
+        }
+        let ids = json_ids(&jobs.iter().map(|job| job.id).collect::<Vec<_>>());
+        let claimed = sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
+             WHERE id IN (SELECT value FROM json_each(?3)) AND status = 'pending'",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(&ids)
+        .execute(&self.pool)
+        .await
+        .doing("claiming jobs")?
+        .rows_affected();
+        if usize::try_from(claimed).ok() != Some(jobs.len()) {
+            let held: Vec<JobId> = sqlx::query_scalar(
+                "SELECT id FROM revocation_jobs
+                 WHERE id IN (SELECT value FROM json_each(?1))
+                   AND status = 'in_flight' AND claimed_by = ?2 AND claimed_at = ?3",
             )
+            .bind(&ids)
             .bind(owner)
             .bind(now)
-            .bind(&picked)
-            .execute(&mut *tx)
+            .fetch_all(&self.pool)
             .await
-            .doing("claiming jobs")?;
+            .doing("checking claimed jobs")?;
+            jobs.retain(|job| held.contains(&job.id));
         }
-        tx.commit().await.doing("claiming jobs")?;
         Ok(jobs)
     }
 
-    /// The API accepted `call` carrying `ids`. With `first_poll_at`, the request is recorded for
-    /// status polling in the same transaction, so no accepted request goes unfollowed.
+    /// The API accepted `call` carrying `ids`.
+    ///
+    /// Three single statements rather than one transaction, to keep each hold of the write lock
+    /// short (see [`Store::claim`]). The request is recorded for status polling first, so no
+    /// accepted request goes unfollowed; a crash right after it leaves a request with no jobs
+    /// (polled and settled harmlessly) and the jobs `in_flight`, which the next start sends again.
     pub async fn mark_submitted(
         &self,
         ids: &[JobId],
@@ -248,25 +271,6 @@ impl Store {
         now: i64,
         first_poll_at: Option<i64>,
     ) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .doing("recording submitted jobs")?;
-        sqlx::query(
-            "UPDATE revocation_jobs
-             SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
-                 last_error = NULL, submitted_at = ?3, updated_at = ?3,
-                 claimed_by = NULL, claimed_at = NULL
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_ids(ids))
-        .bind(request_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .doing("recording submitted jobs")?;
-        write_call_end(&mut *tx, call).await?;
         if let Some(first_poll_at) = first_poll_at {
             sqlx::query(
                 "INSERT INTO revoke_requests (request_id, job_count, sent_at, next_poll_at)
@@ -277,11 +281,24 @@ impl Store {
             .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
             .bind(now)
             .bind(first_poll_at)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .doing("recording the request for status polling")?;
         }
-        tx.commit().await.doing("recording submitted jobs")
+        sqlx::query(
+            "UPDATE revocation_jobs
+             SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
+                 last_error = NULL, submitted_at = ?3, updated_at = ?3,
+                 claimed_by = NULL, claimed_at = NULL
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_ids(ids))
+        .bind(request_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .doing("recording submitted jobs")?;
+        write_call_end(&self.pool, call).await
     }
 
     /// Claim the request whose poll is most overdue: its `next_poll_at` moves to `retry_at`, so
@@ -676,8 +693,7 @@ impl Store {
     }
 }
 
-/// Shared by [`Store::record_call_end`] and the outcome transactions that record it with
-/// their jobs (one write transaction instead of two on the hot path).
+/// Shared by [`Store::record_call_end`] and [`Store::mark_submitted`].
 async fn write_call_end<'e>(
     executor: impl sqlx::SqliteExecutor<'e>,
     end: &CallEnd<'_>,
