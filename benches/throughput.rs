@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -243,8 +244,8 @@ async fn producers() -> anyhow::Result<()> {
     let env = unlimited_worker_env();
     print_config(&env, &unlimited_simulator(), BACKLOG)?;
     println!(
-        "producer: {PRODUCER_INSERTS} single-row autocommit INSERTs, one after another, through its own pool \
-         (Store::connect: WAL, 5 s busy timeout), started at the worker's first call"
+        "producer: {PRODUCER_INSERTS} single-row autocommit INSERTs, one after another, through its own connection \
+         (SQLite defaults, 5 s busy timeout), started at the worker's first call"
     );
     let outcome = run_worker(RunSpec {
         jobs: BACKLOG,
@@ -954,15 +955,28 @@ async fn produce(
     ready: oneshot::Sender<anyhow::Result<()>>,
     go: oneshot::Receiver<()>,
 ) -> anyhow::Result<ProducerReport> {
-    let store = match Store::connect(database).await {
-        Ok(store) => store,
+    // A producer as the README describes one: SQLite's defaults (WAL comes from the file) and a
+    // busy timeout, none of the worker's own tuning.
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(database)
+        .map(|options| options.busy_timeout(Duration::from_secs(5)));
+    let connected = match options {
+        Ok(options) => {
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    let pool = match connected {
+        Ok(pool) => pool,
         Err(err) => {
             let err = anyhow::Error::new(err).context("the producer cannot open the queue");
             ready.send(Err(anyhow::anyhow!("{err:#}"))).ok();
             return Err(err);
         }
     };
-    if let Err(err) = sqlx::query("SELECT 1").execute(store.pool()).await {
+    if let Err(err) = sqlx::query("SELECT 1").execute(&pool).await {
         ready
             .send(Err(anyhow::anyhow!("producer warm-up: {err}")))
             .ok();
@@ -983,7 +997,7 @@ async fn produce(
         .bind(&job.user_id)
         .bind(&job.entity_id)
         .bind(&job.context_entity_id)
-        .execute(store.pool())
+        .execute(&pool)
         .await;
         latencies.push(start.elapsed());
         if let Err(err) = result {
@@ -991,7 +1005,7 @@ async fn produce(
         }
     }
     let span = began.elapsed();
-    store.close().await;
+    pool.close().await;
     Ok(ProducerReport {
         latencies,
         errors,
