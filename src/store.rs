@@ -342,31 +342,18 @@ impl Store {
         next_poll_at: i64,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE revoke_requests
-             SET polls = polls + 1, last_polled_at = ?2, next_poll_at = ?3,
-                 share_status = COALESCE(?4, share_status),
-                 response_text = COALESCE(?5, response_text),
-                 error_message = COALESCE(?6, error_message),
-                 last_error = ?7
-             WHERE request_id = ?1",
-        )
-        .bind(request_id)
-        .bind(now)
-        .bind(next_poll_at)
-        .bind(answer.share_status)
-        .bind(answer.response_text)
-        .bind(answer.error_message)
-        .bind(last_error)
-        .execute(&self.pool)
-        .await
-        .doing("recording a status poll")
-        .map(drop)
+        let poll = Poll {
+            answer,
+            last_error,
+            outcome: None,
+            next_poll_at: Some(next_poll_at),
+        };
+        write_poll(&self.pool, request_id, &poll, now).await
     }
 
     /// A verdict: the request and every job it carried end `completed` or `failed` (with
-    /// `reason`), in one transaction. Returns each settled job's `created_at` (as
-    /// [`Store::mark_submitted`] does).
+    /// `reason`), in one transaction. Returns each settled job's `created_at`, for the
+    /// insert-to-`completed` latency (`None` where a producer stored something other than ms).
     pub async fn settle_request(
         &self,
         request_id: &str,
@@ -379,25 +366,13 @@ impl Store {
             Some(_) => ("failed", "failed"),
         };
         let mut tx = self.pool.begin().await.doing("settling a request")?;
-        sqlx::query(
-            "UPDATE revoke_requests
-             SET outcome = ?2, polls = polls + 1, last_polled_at = ?3, finished_at = ?3,
-                 share_status = COALESCE(?4, share_status),
-                 response_text = COALESCE(?5, response_text),
-                 error_message = COALESCE(?6, error_message),
-                 last_error = ?7
-             WHERE request_id = ?1",
-        )
-        .bind(request_id)
-        .bind(outcome)
-        .bind(now)
-        .bind(answer.share_status)
-        .bind(answer.response_text)
-        .bind(answer.error_message)
-        .bind(failure)
-        .execute(&mut *tx)
-        .await
-        .doing("settling a request")?;
+        let poll = Poll {
+            answer,
+            last_error: failure,
+            outcome: Some(outcome),
+            next_poll_at: None,
+        };
+        write_poll(&mut *tx, request_id, &poll, now).await?;
         let jobs = sqlx::query_scalar(
             "UPDATE revocation_jobs
              SET status = ?2, last_error = ?3, finished_at = ?4, updated_at = ?4
@@ -426,20 +401,13 @@ impl Store {
         now: i64,
     ) -> Result<Vec<JobRow>> {
         let mut tx = self.pool.begin().await.doing("splitting a request")?;
-        sqlx::query(
-            "UPDATE revoke_requests
-             SET outcome = 'split', polls = polls + 1, last_polled_at = ?2, finished_at = ?2,
-                 share_status = ?3, response_text = ?4, error_message = ?5
-             WHERE request_id = ?1",
-        )
-        .bind(request_id)
-        .bind(now)
-        .bind(answer.share_status)
-        .bind(answer.response_text)
-        .bind(answer.error_message)
-        .execute(&mut *tx)
-        .await
-        .doing("splitting a request")?;
+        let poll = Poll {
+            answer,
+            last_error: None,
+            outcome: Some("split"),
+            next_poll_at: None,
+        };
+        write_poll(&mut *tx, request_id, &poll, now).await?;
         let rows = sqlx::query(
             "UPDATE revocation_jobs
              SET status = 'in_flight', claimed_by = ?2, claimed_at = ?3, updated_at = ?3
@@ -691,6 +659,49 @@ impl Store {
         .doing("enqueueing jobs")
         .map(|done| done.rows_affected())
     }
+}
+
+/// One poll's answer about a request, and what follows from it.
+struct Poll<'a> {
+    answer: &'a PollRecord<'a>,
+    last_error: Option<&'a str>,
+    /// The verdict, when there is one (`completed`, `failed`, `split`).
+    outcome: Option<&'a str>,
+    /// When to ask again, when there is no verdict.
+    next_poll_at: Option<i64>,
+}
+
+/// Record a poll on its request: counted, the answer kept verbatim, the verdict if any.
+async fn write_poll<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    request_id: &str,
+    poll: &Poll<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE revoke_requests
+         SET polls = polls + 1, last_polled_at = ?2,
+             next_poll_at = COALESCE(?3, next_poll_at),
+             outcome = COALESCE(?4, outcome),
+             finished_at = CASE WHEN ?4 IS NULL THEN finished_at ELSE ?2 END,
+             share_status = COALESCE(?5, share_status),
+             response_text = COALESCE(?6, response_text),
+             error_message = COALESCE(?7, error_message),
+             last_error = ?8
+         WHERE request_id = ?1",
+    )
+    .bind(request_id)
+    .bind(now)
+    .bind(poll.next_poll_at)
+    .bind(poll.outcome)
+    .bind(poll.answer.share_status)
+    .bind(poll.answer.response_text)
+    .bind(poll.answer.error_message)
+    .bind(poll.last_error)
+    .execute(executor)
+    .await
+    .doing("recording a status poll")
+    .map(drop)
 }
 
 /// Shared by [`Store::record_call_end`] and [`Store::mark_submitted`].
