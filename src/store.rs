@@ -136,7 +136,10 @@ impl Store {
                 .doing("creating the database directory")?;
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            // One connection: the dispatcher's statements are sequential anyway, and SQLite drops
+            // a connection's page cache whenever another connection wrote, so a pool of several
+            // (handed out in turn) would read every page afresh on each statement.
+            .max_connections(1)
             .connect_with(options)
             .await
             .doing("opening the database")?;
