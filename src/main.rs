@@ -49,7 +49,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread is enough: the dispatcher is one loop, its calls wait on the network and SQLite
+    // runs on sqlx's own thread. Idle worker threads of a multi-threaded runtime only add wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
     };
