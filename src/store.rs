@@ -212,6 +212,10 @@ impl Store {
     /// sqlx streams crosses a thread), then moves exactly those rows to `in_flight`. That is safe
     /// because only the dispatcher holding the database's lock moves jobs out of `pending`; if a
     /// row was changed by hand in between, only the rows actually claimed are returned.
+    ///
+    /// The limit is cast because SQLite (3.54, as bundled) plans with the value of a bare
+    /// `LIMIT ?` and then prepares the statement afresh each time it is bound (once per claim);
+    /// the cast keeps one plan.
     pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
         let picked: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
@@ -219,7 +223,7 @@ impl Store {
                                                 CAST(access_type AS TEXT), attempts, created_at))
              FROM (SELECT * FROM revocation_jobs
                    WHERE status = 'pending' AND run_after <= ?1
-                   ORDER BY id LIMIT ?2)",
+                   ORDER BY id LIMIT CAST(?2 AS INTEGER))",
         )
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -263,9 +267,10 @@ impl Store {
     /// The API accepted `call` carrying `ids`.
     ///
     /// Three single statements rather than one transaction, to keep each hold of the write lock
-    /// short (see [`Store::claim`]). The request is recorded for status polling first, so no
-    /// accepted request goes unfollowed; a crash right after it leaves a request with no jobs
-    /// (polled and settled harmlessly) and the jobs `in_flight`, which the next start sends again.
+    /// short (see [`Store::claim`]). The request is recorded for status polling first, with the
+    /// ids of its jobs, so no accepted request goes unfollowed; a crash right after it leaves a
+    /// request none of whose jobs carry its id (polled and settled harmlessly: a verdict touches
+    /// only jobs that carry it) and the jobs `in_flight`, which the next start sends again.
     pub async fn mark_submitted(
         &self,
         ids: &[JobId],
@@ -274,14 +279,20 @@ impl Store {
         now: i64,
         first_poll_at: Option<i64>,
     ) -> Result<()> {
+        let ids = json_ids(ids);
         if let Some(first_poll_at) = first_poll_at {
+            // A request id LeadSquared returned twice (never seen) keeps every job it carried.
             sqlx::query(
-                "INSERT INTO revoke_requests (request_id, job_count, sent_at, next_poll_at)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (request_id) DO NOTHING",
+                "INSERT INTO revoke_requests (request_id, job_count, job_ids, sent_at, next_poll_at)
+                 VALUES (?1, json_array_length(?2), ?2, ?3, ?4)
+                 ON CONFLICT (request_id) DO UPDATE
+                 SET job_count = job_count + excluded.job_count,
+                     job_ids = (SELECT json_group_array(value)
+                                FROM (SELECT value FROM json_each(revoke_requests.job_ids)
+                                      UNION ALL SELECT value FROM json_each(excluded.job_ids)))",
             )
             .bind(request_id)
-            .bind(i64::try_from(ids.len()).unwrap_or(i64::MAX))
+            .bind(&ids)
             .bind(now)
             .bind(first_poll_at)
             .execute(&self.pool)
@@ -295,7 +306,7 @@ impl Store {
                  claimed_by = NULL, claimed_at = NULL
              WHERE id IN (SELECT value FROM json_each(?1))",
         )
-        .bind(json_ids(ids))
+        .bind(&ids)
         .bind(request_id)
         .bind(now)
         .execute(&self.pool)
@@ -379,7 +390,9 @@ impl Store {
         let jobs = sqlx::query_scalar(
             "UPDATE revocation_jobs
              SET status = ?2, last_error = ?3, finished_at = ?4, updated_at = ?4
-             WHERE request_id = ?1 AND status = 'submitted'
+             WHERE id IN (SELECT value FROM json_each((SELECT job_ids FROM revoke_requests
+                                                       WHERE request_id = ?1)))
+               AND request_id = ?1 AND status = 'submitted'
              RETURNING CASE WHEN typeof(created_at) IN ('integer', 'real')
                             THEN CAST(created_at AS INTEGER) END",
         )
@@ -414,7 +427,9 @@ impl Store {
         let rows = sqlx::query(
             "UPDATE revocation_jobs
              SET status = 'in_flight', claimed_by = ?2, claimed_at = ?3, updated_at = ?3
-             WHERE request_id = ?1 AND status = 'submitted'
+             WHERE id IN (SELECT value FROM json_each((SELECT job_ids FROM revoke_requests
+                                                       WHERE request_id = ?1)))
+               AND request_id = ?1 AND status = 'submitted'
              RETURNING id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
                        CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts,
                        created_at",
@@ -434,7 +449,10 @@ impl Store {
     pub async fn request_items(&self, request_id: &str) -> Result<u64> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, entity_id, context_entity_id, access_type
-                                   FROM revocation_jobs WHERE request_id = ?1 AND status = 'submitted')",
+                                   FROM revocation_jobs
+                                   WHERE id IN (SELECT value FROM json_each((SELECT job_ids FROM revoke_requests
+                                                                             WHERE request_id = ?1)))
+                                     AND request_id = ?1 AND status = 'submitted')",
         )
         .bind(request_id)
         .fetch_one(&self.pool)
@@ -945,7 +963,8 @@ impl Store {
                    (SELECT COUNT(*) FROM revocation_jobs WHERE status = 'failed' AND finished_at < ?2),
                    (SELECT COUNT(*) FROM revoke_requests r
                     WHERE r.outcome <> 'awaiting' AND r.finished_at < MAX(COALESCE(?1, 0), COALESCE(?2, 0))
-                      AND NOT EXISTS (SELECT 1 FROM revocation_jobs j
+                      AND NOT EXISTS (SELECT 1 FROM json_each(r.job_ids) AS e
+                                      JOIN revocation_jobs j ON j.id = e.value
                                       WHERE j.request_id = r.request_id
                                         AND NOT ((j.status = 'completed' AND j.finished_at < ?1)
                                               OR (j.status = 'failed' AND j.finished_at < ?2))))",
@@ -993,7 +1012,9 @@ impl Store {
                     "DELETE FROM revoke_requests WHERE request_id IN
                        (SELECT r.request_id FROM revoke_requests r
                         WHERE r.outcome <> 'awaiting' AND r.finished_at < ?1
-                          AND NOT EXISTS (SELECT 1 FROM revocation_jobs j WHERE j.request_id = r.request_id)
+                          AND NOT EXISTS (SELECT 1 FROM json_each(r.job_ids) AS e
+                                          JOIN revocation_jobs j ON j.id = e.value
+                                          WHERE j.request_id = r.request_id)
                         LIMIT ?2)",
                 )
                 .bind(before)

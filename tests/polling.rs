@@ -226,7 +226,7 @@ async fn an_unknown_request_id_fails_its_jobs_with_a_reason() {
         .execute(store.pool())
         .await
         .expect("submitted");
-    sqlx::query("INSERT INTO revoke_requests (request_id, job_count, sent_at, next_poll_at) VALUES ('feedfacefeedfacefeedfacefeedface', 2, 0, 0)")
+    sqlx::query("INSERT INTO revoke_requests (request_id, job_count, job_ids, sent_at, next_poll_at) SELECT 'feedfacefeedfacefeedfacefeedface', 2, json_group_array(id), 0, 0 FROM revocation_jobs")
         .execute(store.pool())
         .await
         .expect("request");
