@@ -19,9 +19,9 @@ pub struct Batch {
 
 impl Batch {
     /// Group valid rows by what they revoke, so duplicates share one item.
-    pub fn from_rows(rows: impl IntoIterator<Item = (JobRow, Revocation)>) -> Self {
-        let mut index: HashMap<Revocation, usize> = HashMap::new();
-        let mut items: Vec<Item> = Vec::new();
+    pub fn from_rows(rows: impl ExactSizeIterator<Item = (JobRow, Revocation)>) -> Self {
+        let mut index: HashMap<Revocation, usize> = HashMap::with_capacity(rows.len());
+        let mut items: Vec<Item> = Vec::with_capacity(rows.len());
         for (row, revocation) in rows {
             match index.get(&revocation) {
                 Some(&at) => items[at].jobs.push(row),

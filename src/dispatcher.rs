@@ -882,7 +882,7 @@ fn screen(rows: Vec<JobRow>) -> (Batch, Vec<(JobId, String)>) {
             }
         })
         .collect();
-    (Batch::from_rows(valid), invalid)
+    (Batch::from_rows(valid.into_iter()), invalid)
 }
 
 /// Recording an outcome is retried briefly: losing it would send the jobs again after a
