@@ -1,14 +1,9 @@
 -- One row per accepted Revoke call, followed until LeadSquared confirms it. A request is polled
--- once however many jobs it carries. Its jobs point to it through revocation_jobs.request_id, and
--- it lists them in job_ids, so a verdict finds them by primary key: an index on
--- revocation_jobs.request_id would take 100 entries at a random place per call, which cost a
--- third of the SQLite time of submitting a batch.
+-- once however many jobs it carries; its jobs point to it through revocation_jobs.request_id.
 
 CREATE TABLE revoke_requests (
     request_id     TEXT    PRIMARY KEY,
     job_count      INTEGER NOT NULL,
-    -- JSON array of the revocation_jobs ids the call carried
-    job_ids        TEXT    NOT NULL DEFAULT '[]',
     sent_at        INTEGER NOT NULL,
     polls          INTEGER NOT NULL DEFAULT 0,
     last_polled_at INTEGER,
@@ -26,3 +21,4 @@ CREATE TABLE revoke_requests (
 );
 
 CREATE INDEX revoke_requests_due ON revoke_requests (outcome, next_poll_at);
+CREATE INDEX revocation_jobs_request ON revocation_jobs (request_id);

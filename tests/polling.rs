@@ -108,6 +108,34 @@ async fn a_failing_item_in_a_batch_is_isolated_and_the_others_complete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_differing_in_guid_case_fail_together_and_are_not_resubmitted_forever() {
+    let failing = job(0);
+    let harness = Harness::start(|config| {
+        config.processing_time = Duration::from_millis(50);
+        config.failing_lead_ids = [failing.entity_id.clone()].into_iter().collect();
+    })
+    .await;
+    let mut shouted = failing.clone();
+    shouted.user_id = shouted.user_id.to_uppercase();
+    harness.seed(&[failing.clone(), shouted]).await;
+
+    harness.run_until_idle(&polling(&[]), LIMIT).await;
+
+    let states = harness.jobs().await;
+    assert_eq!(states.len(), 2);
+    for state in states {
+        assert_eq!(state.status, "failed", "{state:?}");
+        let reason = state.last_error.unwrap_or_default();
+        assert!(reason.contains("could not apply"), "{reason}");
+    }
+    assert_eq!(
+        harness.simulator.stats().revoke_calls,
+        1,
+        "one item, one call: nothing to split"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_verdict_fails_its_jobs_after_the_deadline_naming_the_request() {
     let harness = Harness::start(|config| config.processing_time = Duration::from_secs(3600)).await;
     harness.seed(&jobs(3)).await;
