@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,7 @@ pub enum Outcome<T> {
     RateLimited { retry_after: Option<Duration> },
     /// 400 (and 413/422): something in the body is not acceptable. Bisect to find it.
     Rejected { message: String },
-    /// 401/403/404: the keys, host or path are wrong. Pause everything until fixed.
+    /// 401/403, or 404/3xx: the keys, or the host or path, are wrong. Pause everything until fixed.
     Misconfigured { status: u16, message: String },
     /// 5xx, 408, timeouts, connection errors, unreadable answers: try again later.
     Retryable {
@@ -171,6 +171,10 @@ impl Client {
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(settings.max_in_flight.max(1))
             .user_agent(concat!("lsq-revoker/", env!("CARGO_PKG_VERSION")))
+            // Never follow a redirect: reqwest would resend the key headers to the new host
+            // (it strips only `Authorization` and cookies), and a redirect means the configured
+            // host or scheme is not the API's. It is answered like a 404.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| ClientError::Build(err.without_url().to_string()))?;
         let url = |path| {
@@ -195,7 +199,7 @@ impl Client {
         let request = self
             .authorised(self.http.post(self.revoke_url.clone()))
             .json(&items);
-        call(request, |body| {
+        self.call(request, |body| {
             let accepted: Accepted = serde_json::from_slice(body).ok()?;
             (accepted.status == "Success" && !accepted.message.id.is_empty())
                 .then_some(accepted.message.id)
@@ -208,7 +212,7 @@ impl Client {
         let request = self
             .authorised(self.http.get(self.status_url.clone()))
             .query(&[("id", request_id)]);
-        call(request, |body| {
+        self.call(request, |body| {
             let answer: StatusBody = serde_json::from_slice(body).ok()?;
             (answer.status == "Success").then(|| StatusReport {
                 share_status: answer.share_status,
@@ -228,32 +232,63 @@ impl Client {
             ]),
         }
     }
+
+    /// Send, read the whole answer and classify it; `parse` reads a 200's body.
+    async fn call<T>(
+        &self,
+        request: reqwest::RequestBuilder,
+        parse: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Response<T> {
+        let started = Instant::now();
+        let (status, outcome) = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Ok(body) => (
+                        Some(status.as_u16()),
+                        classify(status, &headers, &body, parse),
+                    ),
+                    Err(err) => (Some(status.as_u16()), transport(status.as_u16(), err)),
+                }
+            }
+            Err(err) => (err.status().map(|s| s.as_u16()), transport_error(err)),
+        };
+        Response {
+            outcome: outcome.redacted(&[&self.access_key, &self.secret_key]),
+            status,
+            latency: started.elapsed(),
+        }
+    }
 }
 
-/// Send, read the whole answer and classify it; `parse` reads a 200's body.
-async fn call<T>(
-    request: reqwest::RequestBuilder,
-    parse: impl FnOnce(&[u8]) -> Option<T>,
-) -> Response<T> {
-    let started = Instant::now();
-    let (status, outcome) = match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            let retry_after = retry_after(response.headers());
-            match response.bytes().await {
-                Ok(body) => (
-                    Some(status.as_u16()),
-                    classify(status, retry_after, &body, parse),
-                ),
-                Err(err) => (Some(status.as_u16()), transport(status.as_u16(), err)),
+impl<T> Outcome<T> {
+    /// The same outcome with each of `keys` masked in its message: an error page (a proxy's, a
+    /// redirect's) may echo the request URL, which carries the keys when `api.auth = "query"`.
+    fn redacted(self, keys: &[&SecretString]) -> Self {
+        let mask = |mut message: String| {
+            for key in keys {
+                let key = key.expose_secret();
+                if !key.is_empty() && message.contains(key) {
+                    message = message.replace(key, "[redacted]");
+                }
             }
+            message
+        };
+        match self {
+            Outcome::Rejected { message } => Outcome::Rejected {
+                message: mask(message),
+            },
+            Outcome::Misconfigured { status, message } => Outcome::Misconfigured {
+                status,
+                message: mask(message),
+            },
+            Outcome::Retryable { status, message } => Outcome::Retryable {
+                status,
+                message: mask(message),
+            },
+            other => other,
         }
-        Err(err) => (err.status().map(|s| s.as_u16()), transport_error(err)),
-    };
-    Response {
-        outcome,
-        status,
-        latency: started.elapsed(),
     }
 }
 
@@ -262,6 +297,18 @@ fn sensitive(secret: &SecretString, key: &'static str) -> Result<HeaderValue, Cl
         HeaderValue::from_str(secret.expose_secret()).map_err(|_| ClientError::BadKey(key))?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// Where a redirect points, as scheme, host and port only: its path and query may echo the keys.
+fn redirect_target(headers: &HeaderMap) -> String {
+    headers
+        .get(LOCATION)
+        .and_then(|location| location.to_str().ok())
+        .and_then(|location| Url::parse(location).ok())
+        .map_or_else(
+            || "another path on the same host".to_owned(),
+            |url| url.origin().ascii_serialization(),
+        )
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -278,7 +325,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// The meaning of an HTTP answer.
 fn classify<T>(
     status: StatusCode,
-    retry_after: Option<Duration>,
+    headers: &HeaderMap,
     body: &[u8],
     parse: impl FnOnce(&[u8]) -> Option<T>,
 ) -> Outcome<T> {
@@ -292,17 +339,29 @@ fn classify<T>(
                 message: format!("unexpected success body: {}", excerpt(body)),
             },
         },
-        429 => Outcome::RateLimited { retry_after },
+        429 => Outcome::RateLimited {
+            retry_after: retry_after(headers),
+        },
         400 | 413 | 422 => Outcome::Rejected { message: message() },
         401 | 403 | 404 => Outcome::Misconfigured {
             status: status.as_u16(),
             message: message(),
+        },
+        300..=399 => Outcome::Misconfigured {
+            status: status.as_u16(),
+            message: format!("{}; redirected to {}", message(), redirect_target(headers)),
         },
         code => Outcome::Retryable {
             status: Some(code),
             message: message(),
         },
     }
+}
+
+/// Whether a refusal with this HTTP status points at `api.base_url` (wrong host, path or scheme)
+/// rather than at the keys.
+pub fn refuses_the_host(http_status: u16) -> bool {
+    http_status == 404 || (300..400).contains(&http_status)
 }
 
 /// `HTTP 500: <ExceptionMessage>`, or the start of the body when it is not the documented JSON.

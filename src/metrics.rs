@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::api::refuses_the_host;
 use crate::job::Status;
 use crate::store::{StatusCounts, Store, StoreError};
 
@@ -388,10 +389,11 @@ async fn healthz(State(served): State<Served>) -> (StatusCode, Json<serde_json::
             )),
         };
     let paused = match state {
-        DispatcherState::Misconfigured { http_status: 404 } => Some(
-            "paused: LeadSquared answers 404 (check api.base_url: the account's regional host)"
-                .to_owned(),
-        ),
+        DispatcherState::Misconfigured { http_status } if refuses_the_host(http_status) => {
+            Some(format!(
+                "paused: LeadSquared answers {http_status} (check api.base_url: the account's regional host, https)"
+            ))
+        }
         DispatcherState::Misconfigured { http_status } => Some(format!(
             "paused: LeadSquared refuses the credentials (HTTP {http_status}); check api.access_key and api.secret_key"
         )),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::refuses_the_host;
 use crate::clock::Clock;
 use crate::config::{RetentionSettings, Settings};
 use crate::job::JobId;
@@ -90,17 +91,21 @@ pub async fn stats(settings: &Settings) -> anyhow::Result<Stats> {
     let allowed_per_hour = limits.max_calls as f64 * 3_600_000.0 / window_ms as f64;
     let seconds = |ms: i64| ms as f64 / 1000.0;
     let (paused, pause_reason) = match last_answer {
-        Some((_, code @ (401 | 403 | 404))) if pid.is_some() => (
-            "misconfigured",
-            Some(format!(
-                "LeadSquared answered HTTP {code}: check {}",
-                if code == 404 {
-                    "api.base_url"
-                } else {
-                    "api.access_key and api.secret_key"
-                }
-            )),
-        ),
+        Some((_, code))
+            if pid.is_some() && (code == 401 || code == 403 || refuses_the_host(code)) =>
+        {
+            (
+                "misconfigured",
+                Some(format!(
+                    "LeadSquared answered HTTP {code}: check {}",
+                    if refuses_the_host(code) {
+                        "api.base_url"
+                    } else {
+                        "api.access_key and api.secret_key"
+                    }
+                )),
+            )
+        }
         Some((at, 429))
             if pid.is_some() && now - at < i64::try_from(window_ms).unwrap_or(i64::MAX) * 2 =>
         {
