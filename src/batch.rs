@@ -19,9 +19,11 @@ pub struct Batch {
 
 impl Batch {
     /// Group valid rows by what they revoke, so duplicates share one item.
-    pub fn from_rows(rows: impl ExactSizeIterator<Item = (JobRow, Revocation)>) -> Self {
-        let mut index: HashMap<Revocation, usize> = HashMap::with_capacity(rows.len());
-        let mut items: Vec<Item> = Vec::with_capacity(rows.len());
+    pub fn from_rows(rows: impl IntoIterator<Item = (JobRow, Revocation)>) -> Self {
+        let rows = rows.into_iter();
+        let (expected, _) = rows.size_hint();
+        let mut index: HashMap<Revocation, usize> = HashMap::with_capacity(expected);
+        let mut items: Vec<Item> = Vec::with_capacity(expected);
         for (row, revocation) in rows {
             match index.get(&revocation) {
                 Some(&at) => items[at].jobs.push(row),

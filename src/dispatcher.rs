@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::{Client, Outcome, Response, StatusReport};
+use crate::api::{Client, Outcome, Response, StatusReport, refuses_the_host};
 use crate::batch::Batch;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -159,7 +159,9 @@ impl Dispatcher {
         let mut window = SlidingWindow::new(limits.max_calls, limits.window, limits.safety_margin);
         let recent_from = now - millis(limits.window + limits.safety_margin);
         let recent = store.call_starts_since(recent_from).await?;
-        window.restore(recent.iter().map(|&ms| clock.instant_of(ms)));
+        // A start "in the future" (the wall clock was set back since) counts as now, so it
+        // holds the window for one window at most.
+        window.restore(recent.iter().map(|&ms| clock.instant_of(ms.min(now))));
         if !recent.is_empty() {
             info!(
                 calls = recent.len(),
@@ -644,7 +646,17 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
         let now = self.clock.now_ms();
-        if persist(|| store.request_items(id)).await? > 1 {
+        // Counted as the batch would send them (GUIDs compared as GUIDs, duplicates as one
+        // item), not as stored: two rows differing in GUID case are one item, which must fail
+        // here rather than be resubmitted alone, again and again.
+        let rows = persist(|| store.request_jobs(id)).await?;
+        let items = Batch::from_rows(rows.iter().filter_map(|row| {
+            let revocation = row.revocation().ok()?;
+            Some((row.clone(), revocation))
+        }))
+        .items
+        .len();
+        if items > 1 {
             let rows = persist(|| store.split_request(id, record, &self.owner, now)).await?;
             warn!(
                 request_id = id,
@@ -725,7 +737,10 @@ impl Dispatcher {
                 self.pause = Pause::RateLimited { until };
                 self.metrics.dispatcher_state(DispatcherState::RateLimited);
             }
-            Pause::Misconfigured { .. } => {}
+            // Still paused on the configuration; the next probe waits for the 429 too.
+            Pause::Misconfigured {
+                ref mut next_probe, ..
+            } => *next_probe = (*next_probe).max(until),
         }
     }
 
@@ -760,7 +775,7 @@ impl Dispatcher {
 
     fn on_misconfigured(&mut self, status: u16, message: &str, started: Instant) {
         let now = Instant::now();
-        let remedy = if status == 404 {
+        let remedy = if refuses_the_host(status) {
             "check api.base_url: it must be your account's regional host, e.g. https://api-in21.leadsquared.com"
         } else {
             "check api.access_key and api.secret_key (administrator keys of an active user); the service resumes by itself once they work"
@@ -882,7 +897,7 @@ fn screen(rows: Vec<JobRow>) -> (Batch, Vec<(JobId, String)>) {
             }
         })
         .collect();
-    (Batch::from_rows(valid.into_iter()), invalid)
+    (Batch::from_rows(valid), invalid)
 }
 
 /// Recording an outcome is retried briefly: losing it would send the jobs again after a

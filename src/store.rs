@@ -217,7 +217,9 @@ impl Store {
     /// `LIMIT ?` and then prepares the statement afresh each time it is bound (once per claim);
     /// the cast keeps one plan.
     pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
-        let picked: String = sqlx::query_scalar(
+        // Read as bytes: a producer may have stored bytes that are not UTF-8 (a BLOB GUID, say),
+        // and one such row must fail validation, not stop every claim after it.
+        let picked: Vec<u8> = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
                                                 CAST(context_entity_id AS TEXT),
                                                 CAST(access_type AS TEXT), attempts, created_at))
@@ -230,7 +232,8 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .doing("finding due jobs")?;
-        let mut jobs = parse_job_rows(&picked).doing("reading due jobs")?;
+        let mut jobs =
+            parse_job_rows(&String::from_utf8_lossy(&picked)).doing("reading due jobs")?;
         if jobs.is_empty() {
             return Ok(jobs);
         }
@@ -445,20 +448,21 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Distinct revocations among the jobs of a request (how many items it carried).
-    pub async fn request_items(&self, request_id: &str) -> Result<u64> {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, entity_id, context_entity_id, access_type
-                                   FROM revocation_jobs
-                                   WHERE id IN (SELECT value FROM json_each((SELECT job_ids FROM revoke_requests
-                                                                             WHERE request_id = ?1)))
-                                     AND request_id = ?1 AND status = 'submitted')",
+    /// The jobs a request still holds (`submitted` under its id), read without claiming them.
+    pub async fn request_jobs(&self, request_id: &str) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query(
+            "SELECT id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
+                    CAST(context_entity_id AS TEXT), CAST(access_type AS TEXT), attempts, created_at
+             FROM revocation_jobs
+             WHERE id IN (SELECT value FROM json_each((SELECT job_ids FROM revoke_requests
+                                                       WHERE request_id = ?1)))
+               AND request_id = ?1 AND status = 'submitted'",
         )
         .bind(request_id)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .doing("counting a request's items")?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        .doing("reading a request's jobs")?;
+        job_rows(rows).doing("reading a request's jobs")
     }
 
     /// Requests still waiting for a verdict.

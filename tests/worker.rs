@@ -117,6 +117,33 @@ async fn malformed_rows_fail_with_a_reason_and_never_reach_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_holding_bytes_that_are_not_text_fails_alone_and_the_queue_goes_on() {
+    let harness = Harness::start(|_| {}).await;
+    let store = harness.store().await;
+    store.insert_jobs(&jobs(3)).await.expect("seeded");
+    // A producer that bound a GUID's 16 raw bytes instead of its text form.
+    sqlx::query(
+        "UPDATE revocation_jobs SET user_id = X'0203f172864211e79bed069b743e848f' WHERE id = 2",
+    )
+    .execute(store.pool())
+    .await
+    .expect("blob user_id");
+    store.close().await;
+
+    harness.run_until_idle(&[], LIMIT).await;
+
+    let states = harness.jobs().await;
+    let statuses: Vec<&str> = states.iter().map(|job| job.status.as_str()).collect();
+    assert_eq!(statuses, ["submitted", "failed", "submitted"]);
+    let reason = states[1].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("user_id") && reason.contains("not a GUID"),
+        "{reason}"
+    );
+    assert_eq!(harness.simulator.stats().items_accepted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_bad_item_fails_only_that_item() {
     let bad = job(6).entity_id;
     let harness = Harness::start(|config| {
@@ -334,4 +361,71 @@ async fn a_producer_inserting_row_by_row_is_never_refused_while_the_worker_runs_
     let states = harness.jobs().await;
     assert_eq!(states.len(), 5300);
     assert!(states.iter().all(|job| job.status == "submitted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_so_the_keys_never_reach_another_host() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{HeaderMap, StatusCode, header};
+    use lsq_revoker::api::{Client, Outcome};
+    use lsq_revoker::job::JobRow;
+
+    // Where the redirect points: counts every request it receives.
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let elsewhere_url = format!("http://{}", elsewhere.local_addr().expect("address"));
+    let app = axum::Router::new().fallback(move |_headers: HeaderMap| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::OK }
+    });
+    tokio::spawn(async move { axum::serve(elsewhere, app).await });
+    // The configured "API": redirects every call there, path and all.
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api_url = format!("http://{}", api.local_addr().expect("address"));
+    let target = format!("{elsewhere_url}/v2/EntityAccess.svc/Revoke");
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]) }
+    });
+    tokio::spawn(async move { axum::serve(api, app).await });
+
+    let harness = Harness::start(|_| {}).await;
+    let settings = harness.settings(&[("API__BASE_URL", &api_url)]);
+    let client = Client::new(&settings.api).expect("client");
+    let seeded = job(1);
+    let row = JobRow {
+        id: 1,
+        user_id: seeded.user_id,
+        entity_id: seeded.entity_id,
+        context_entity_id: seeded.context_entity_id,
+        access_type: "1".to_owned(),
+        attempts: 0,
+        created_at: None,
+    };
+    let revocation = row.revocation().expect("a valid revocation");
+    let response = client.revoke(&[&revocation]).await;
+
+    match &response.outcome {
+        Outcome::Misconfigured { status, message } => {
+            assert_eq!(*status, 307);
+            assert!(message.contains(&elsewhere_url), "{message}");
+            assert!(
+                !message.contains("EntityAccess"),
+                "only scheme and host: {message}"
+            );
+        }
+        other => panic!("a redirect must pause like a wrong host, got {other:?}"),
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
 }
