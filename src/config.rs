@@ -19,10 +19,12 @@ const ENV_PREFIX: &str = "LSQ_REVOKER";
 
 /// A setting that cannot be used, with the place to fix it.
 #[derive(Debug, thiserror::Error)]
-#[error("setting `{key}` {reason} (set it in the settings file or as {})", env_var(.key))]
+#[error("setting `{key}` {reason} ({} it in the settings file or as {})", if *.unknown { "rename or remove" } else { "set" }, env_var(.key))]
 pub struct SettingsError {
     pub key: String,
     pub reason: String,
+    /// The key is not one of ours (a misspelling).
+    pub unknown: bool,
 }
 
 impl SettingsError {
@@ -30,6 +32,7 @@ impl SettingsError {
         Self {
             key: key.to_owned(),
             reason: reason.into(),
+            unknown: false,
         }
     }
 }
@@ -184,7 +187,10 @@ pub struct LoggingSettings {
 }
 
 /// The shape of the layered sources, before validation. Numbers stay raw milliseconds here.
+/// Unknown keys are refused: a misspelt one (`LSQ_REVOKER__RATE_LIMIT__MAXCALLS`) would otherwise
+/// leave the default in force without a word.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Raw {
     database: RawDatabase,
     api: RawApi,
@@ -199,6 +205,7 @@ struct Raw {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRetention {
     completed: String,
     failed: String,
@@ -206,16 +213,19 @@ struct RawRetention {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: String,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawApi {
     base_url: String,
     access_key: SecretString,
@@ -228,6 +238,7 @@ struct RawApi {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRateLimit {
     max_calls: usize,
     window_ms: u64,
@@ -235,11 +246,13 @@ struct RawRateLimit {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBatch {
     max_size: usize,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRetry {
     max_attempts: u32,
     initial_backoff_ms: u64,
@@ -247,6 +260,7 @@ struct RawRetry {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStatusPoll {
     enabled: bool,
     initial_delay_ms: u64,
@@ -284,6 +298,7 @@ impl CodeList {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDispatcher {
     idle_poll_ms: u64,
     shutdown_grace_ms: u64,
@@ -293,6 +308,7 @@ struct RawDispatcher {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLogging {
     format: LogFormat,
     level: String,
@@ -490,6 +506,9 @@ fn from_config_error(err: config::ConfigError) -> SettingsError {
         // serde's own messages ("unknown variant `x`, expected `json` or `text` for key `logging.format`").
         other => {
             let message = other.to_string();
+            if let Some(unknown) = unknown_key(&message) {
+                return unknown;
+            }
             let key = message
                 .rsplit_once("for key `")
                 .and_then(|(_, rest)| rest.split_once('`'))
@@ -499,9 +518,31 @@ fn from_config_error(err: config::ConfigError) -> SettingsError {
                 .split_once(" for key `")
                 .map_or(message.as_str(), |(reason, _)| reason)
                 .to_owned();
-            SettingsError { key, reason }
+            SettingsError {
+                key,
+                reason,
+                unknown: false,
+            }
         }
     }
+}
+
+/// serde's "unknown field `maxcalls`, expected one of `max_calls`, … for key `rate_limit`" (the
+/// key is absent for a top-level field), as the full key and the names that would be right.
+fn unknown_key(message: &str) -> Option<SettingsError> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let (expected, section) = match rest.split_once(" for key `") {
+        Some((expected, section)) => (expected, section.split_once('`').map(|(key, _)| key)),
+        None => (rest, None),
+    };
+    let key = section.map_or_else(|| field.to_owned(), |section| format!("{section}.{field}"));
+    let expected = expected.trim_start_matches(", ").trim();
+    Some(SettingsError {
+        key,
+        reason: format!("is not a setting ({expected})"),
+        unknown: true,
+    })
 }
 
 fn positive<T: Default + PartialOrd>(value: T, key: &str) -> Result<T, SettingsError> {
@@ -666,6 +707,19 @@ mod tests {
         assert_eq!(load(&[]).expect("load").metrics.listen, None);
         let err = load(&[("LSQ_REVOKER__RETENTION__COMPLETED", "a month")]).expect_err("bad");
         assert_eq!(err.key, "retention.completed");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_with_the_names_that_would_be_right() {
+        let err = load(&[("LSQ_REVOKER__RATE_LIMIT__MAXCALLS", "2")]).expect_err("misspelt");
+        assert_eq!(err.key, "rate_limit.maxcalls");
+        let line = err.to_string();
+        assert!(
+            line.contains("`max_calls`") && line.contains("LSQ_REVOKER__RATE_LIMIT__MAXCALLS"),
+            "{line}"
+        );
+        let err = load(&[("LSQ_REVOKER__RATELIMIT__MAX_CALLS", "2")]).expect_err("misspelt");
+        assert_eq!(err.key, "ratelimit");
     }
 
     #[test]
