@@ -59,6 +59,9 @@ pub struct SimulatorConfig {
     pub server_error_rate: f64,
     /// When Some, 429 answers carry a `Retry-After: <secs>` header (the vendor does not document one).
     pub retry_after: Option<Duration>,
+    /// Once a call exceeds the limit, every call is answered 429 for this long ("the service stops
+    /// processing further requests for a while", says the vendor). None: one window of the limit.
+    pub rate_limit_penalty: Option<Duration>,
     /// A Revoke call carrying any of these EntityIds fails as a whole with 400 naming that lead, as the real
     /// service does when it rejects an item.
     pub rejected_lead_ids: HashSet<String>,
@@ -78,6 +81,7 @@ impl Default for SimulatorConfig {
             latency: (Duration::ZERO, Duration::ZERO),
             server_error_rate: 0.0,
             retry_after: None,
+            rate_limit_penalty: None,
             rejected_lead_ids: HashSet::new(),
             processing_time: Duration::ZERO,
             failing_lead_ids: HashSet::new(),
@@ -267,6 +271,7 @@ pub fn max_calls_in_any_window(arrivals: &[Duration], window: Duration) -> usize
 struct Shared {
     started: Instant,
     rate_limit: Option<(usize, Duration)>,
+    rate_limit_penalty: Option<Duration>,
     retry_after: Option<Duration>,
     rejected_lead_ids: HashSet<String>,
     failing_lead_ids: HashSet<String>,
@@ -281,6 +286,8 @@ struct SimState {
     server_error_rate: f64,
     /// Arrivals still inside the sliding window, oldest first.
     arrivals: VecDeque<Instant>,
+    /// After a call over the limit, every call before this is refused too.
+    penalised_until: Option<Instant>,
     calls: Vec<PendingCall>,
     stats: SimulatorStats,
     accepted_items: Vec<RevokeItem>,
@@ -319,6 +326,9 @@ impl Shared {
         Self {
             started: Instant::now(),
             rate_limit: config.rate_limit,
+            rate_limit_penalty: config
+                .rate_limit_penalty
+                .or(config.rate_limit.map(|(_, window)| window)),
             retry_after: config.retry_after,
             rejected_lead_ids: config.rejected_lead_ids,
             failing_lead_ids: config.failing_lead_ids,
@@ -329,6 +339,7 @@ impl Shared {
                 latency: ordered(config.latency.0, config.latency.1),
                 server_error_rate: clamp_rate(config.server_error_rate),
                 arrivals: VecDeque::new(),
+                penalised_until: None,
                 calls: Vec::new(),
                 stats: SimulatorStats::default(),
                 accepted_items: Vec::new(),
@@ -353,6 +364,8 @@ impl Shared {
             endpoint,
             status: None,
         });
+        // Every call of the account counts, a call to an unknown path too.
+        let over_limit = self.over_limit(&mut state.arrivals, now);
         if endpoint == Endpoint::Other {
             return Admission {
                 slot,
@@ -361,7 +374,11 @@ impl Shared {
             };
         }
         let latency = sample_latency(state.latency);
-        let verdict = if self.over_limit(&mut state.arrivals, now) {
+        let penalised = state.penalised_until.is_some_and(|until| now < until);
+        if over_limit && !penalised {
+            state.penalised_until = self.rate_limit_penalty.map(|penalty| now + penalty);
+        }
+        let verdict = if over_limit || penalised {
             Verdict::RateLimited
         } else if credentials.matches(&state.access_key, &state.secret_key) {
             Verdict::Admitted
@@ -992,6 +1009,29 @@ mod tests {
         assert_eq!((stats.accepted, stats.rate_limited), (4, 1));
         let arrivals: Vec<Duration> = simulator.calls().iter().map(|call| call.at).collect();
         assert_eq!(max_calls_in_any_window(&arrivals, window), 4);
+    }
+
+    #[tokio::test]
+    async fn after_a_call_over_the_limit_every_call_is_refused_for_the_penalty() {
+        let window = Duration::from_millis(200);
+        let (simulator, client) = start(SimulatorConfig {
+            rate_limit: Some((2, window)),
+            rate_limit_penalty: Some(Duration::from_millis(600)),
+            ..SimulatorConfig::default()
+        })
+        .await;
+        let body = json!([item("1")]);
+        for _ in 0..2 {
+            assert_eq!(revoke(&simulator, &client, &body).await.0, 200);
+        }
+        assert_eq!(revoke(&simulator, &client, &body).await.0, 429);
+
+        // The window has room again, the penalty has not passed.
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        assert_eq!(revoke(&simulator, &client, &body).await.0, 429);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(revoke(&simulator, &client, &body).await.0, 200);
+        assert_eq!(simulator.stats().rate_limited, 2);
     }
 
     #[tokio::test]
