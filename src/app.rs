@@ -77,7 +77,10 @@ pub async fn run(
             metrics::serve(
                 address,
                 metrics.clone(),
-                store.clone(),
+                store
+                    .reader(&settings.database.url)
+                    .await
+                    .with_context(|| format!("database.url = {:?}", settings.database.url))?,
                 cancel.child_token(),
             )
             .await

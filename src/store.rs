@@ -146,6 +146,26 @@ impl Store {
         Ok(Self { pool, path })
     }
 
+    /// A second, read-only connection to the same database, for `/metrics` and `/healthz`: a
+    /// scrape's counts scan the table, and on the dispatcher's one connection that scan would
+    /// hold up its claims and records (and a long prune would make health time out). A reader
+    /// writes nothing, so the dispatcher's page cache stays warm.
+    pub async fn reader(&self, url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .doing("reading database.url")?
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .doing("opening a reader of the database")?;
+        Ok(Self {
+            pool,
+            path: self.path.clone(),
+        })
+    }
+
     /// Open and bring the schema up to date.
     pub async fn open(url: &str) -> Result<Self> {
         let store = Self::connect(url).await?;
