@@ -155,6 +155,15 @@ impl Dispatcher {
                 "returned jobs claimed by a previous run that did not finish to pending"
             );
         }
+        if settings.status_poll.enabled {
+            let adopted = store.adopt_unfollowed_requests(now).await?;
+            if adopted > 0 {
+                info!(
+                    requests = adopted,
+                    "following requests submitted while status polling was off"
+                );
+            }
+        }
         let limits = settings.rate_limit;
         let mut window = SlidingWindow::new(limits.max_calls, limits.window, limits.safety_margin);
         let recent_from = now - millis(limits.window + limits.safety_margin);

@@ -338,6 +338,25 @@ impl Store {
         write_call_end(&self.pool, call).await
     }
 
+    /// Follow requests whose jobs were submitted while status polling was off (they have no
+    /// `revoke_requests` row), first polled at `first_poll_at`; returns how many. One scan of the
+    /// table, at start-up.
+    pub async fn adopt_unfollowed_requests(&self, first_poll_at: i64) -> Result<u64> {
+        sqlx::query(
+            "INSERT INTO revoke_requests (request_id, job_count, job_ids, sent_at, next_poll_at)
+             SELECT request_id, COUNT(*), json_group_array(id), MIN(submitted_at), ?1
+             FROM revocation_jobs
+             WHERE status = 'submitted' AND request_id IS NOT NULL
+               AND request_id NOT IN (SELECT request_id FROM revoke_requests)
+             GROUP BY request_id",
+        )
+        .bind(first_poll_at)
+        .execute(&self.pool)
+        .await
+        .doing("following requests submitted while polling was off")
+        .map(|done| done.rows_affected())
+    }
+
     /// Claim the request whose poll is most overdue: its `next_poll_at` moves to `retry_at`, so
     /// that if no answer is ever recorded (a crash) it is polled again then.
     pub async fn claim_due_request(&self, now: i64, retry_at: i64) -> Result<Option<DueRequest>> {

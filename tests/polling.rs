@@ -290,3 +290,24 @@ async fn with_polling_off_jobs_stay_submitted_and_are_never_polled() {
     );
     assert_eq!(harness.simulator.stats().status_calls, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_submitted_while_polling_was_off_are_confirmed_once_it_is_on() {
+    let harness = Harness::start(|_| {}).await;
+    harness.seed(&jobs(20)).await;
+    harness
+        .run_until_idle(&[("STATUS_POLL__ENABLED", "false")], LIMIT)
+        .await;
+    let revoke_calls = harness.simulator.stats().revoke_calls;
+
+    harness.run_until_idle(&polling(&[]), LIMIT).await;
+
+    let states = harness.jobs().await;
+    assert!(
+        states.iter().all(|job| job.status == "completed"),
+        "{states:?}"
+    );
+    let stats = harness.simulator.stats();
+    assert_eq!(stats.revoke_calls, revoke_calls, "nothing was sent again");
+    assert!(stats.status_calls >= 1);
+}
