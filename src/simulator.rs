@@ -227,6 +227,11 @@ impl Simulator {
         state.secret_key = secret.to_owned();
     }
 
+    /// Answer every call 404, as a host that does not serve this account (another region's) does.
+    pub fn set_wrong_host(&self, wrong: bool) {
+        self.shared.lock().wrong_host = wrong;
+    }
+
     pub fn set_server_error_rate(&self, rate: f64) {
         self.shared.lock().server_error_rate = clamp_rate(rate);
     }
@@ -288,6 +293,8 @@ struct SimState {
     arrivals: VecDeque<Instant>,
     /// After a call over the limit, every call before this is refused too.
     penalised_until: Option<Instant>,
+    /// Every path answers 404 (see [`Simulator::set_wrong_host`]).
+    wrong_host: bool,
     calls: Vec<PendingCall>,
     stats: SimulatorStats,
     accepted_items: Vec<RevokeItem>,
@@ -340,6 +347,7 @@ impl Shared {
                 server_error_rate: clamp_rate(config.server_error_rate),
                 arrivals: VecDeque::new(),
                 penalised_until: None,
+                wrong_host: false,
                 calls: Vec::new(),
                 stats: SimulatorStats::default(),
                 accepted_items: Vec::new(),
@@ -366,7 +374,7 @@ impl Shared {
         });
         // Every call of the account counts, a call to an unknown path too.
         let over_limit = self.over_limit(&mut state.arrivals, now);
-        if endpoint == Endpoint::Other {
+        if endpoint == Endpoint::Other || state.wrong_host {
             return Admission {
                 slot,
                 latency: Duration::ZERO,

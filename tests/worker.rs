@@ -272,6 +272,86 @@ async fn a_429_pauses_every_call_and_fails_no_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_answering_404_pauses_everything_until_it_serves_the_api_again() {
+    let harness = Harness::start(|_| {}).await;
+    harness.simulator.set_wrong_host(true);
+    harness.seed(&jobs(30)).await;
+    let run = tokio::spawn({
+        let settings = harness.settings(&[]);
+        async move { lsq_revoker::app::run(settings, true, Default::default()).await }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = harness.simulator.stats().not_found;
+    assert!((2..=8).contains(&refused), "{refused} calls while paused");
+    assert!(
+        harness
+            .jobs()
+            .await
+            .iter()
+            .all(|job| job.status == "pending" && job.attempts == 0)
+    );
+
+    harness.simulator.set_wrong_host(false);
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("idle in time")
+        .expect("task")
+        .expect("run");
+    assert!(
+        harness
+            .jobs()
+            .await
+            .iter()
+            .all(|job| job.status == "submitted" && job.attempts == 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_on_429_is_honoured_before_the_next_call() {
+    let retry_after = Duration::from_secs(1);
+    let harness = Harness::start(|config| {
+        config.rate_limit = Some((2, WINDOW));
+        config.retry_after = Some(retry_after);
+    })
+    .await;
+    harness.seed(&jobs(30)).await;
+
+    let report = harness.run_until_idle(&[], LIMIT).await;
+
+    assert!(report.totals.rate_limited > 0, "the test provoked 429s");
+    assert!(
+        harness
+            .jobs()
+            .await
+            .iter()
+            .all(|job| job.status == "submitted")
+    );
+    // Calls already on their way when a 429 came may land just after it; the next one the
+    // dispatcher starts waits the whole Retry-After (twice the window, so the window alone
+    // cannot explain the gap).
+    let calls = harness.simulator.calls();
+    let mut checked = 0;
+    for (at, call) in calls.iter().enumerate() {
+        if call.status != 429 {
+            continue;
+        }
+        if let Some(next) = calls[at + 1..]
+            .iter()
+            .find(|later| later.at > call.at + Duration::from_millis(100))
+        {
+            assert!(
+                next.at - call.at >= retry_after - Duration::from_millis(50),
+                "a call {:?} after a 429",
+                next.at - call.at
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "some 429 was followed by a later call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_pause_everything_and_resume_by_themselves_without_spending_attempts() {
     let harness = Harness::start(|_| {}).await;
     harness
