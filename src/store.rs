@@ -140,6 +140,9 @@ impl Store {
             // a connection's page cache whenever another connection wrote, so a pool of several
             // (handed out in turn) would read every page afresh on each statement.
             .max_connections(1)
+            // sqlx pings a connection each time it is handed out: a round trip to its SQLite
+            // thread before every statement, for a local file that cannot have gone away.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .doing("opening the database")?;
@@ -157,6 +160,7 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .doing("opening a reader of the database")?;
