@@ -1,9 +1,11 @@
 //! Every SQL statement the service runs, next to the migrations it depends on.
 //!
 //! Producers write into the same SQLite file while the dispatcher works, so the database runs in
-//! WAL mode with a busy timeout, and every write here is one short statement: a claim is a single
-//! `UPDATE … RETURNING`, and recording the outcome of a call touches all its jobs at once
-//! through `json_each`, never row by row.
+//! WAL mode with a busy timeout, and every write here is one short statement, never a
+//! transaction held across a round trip to this process; recording the outcome of a call touches
+//! all its jobs at once through `json_each`, never row by row. Statements that always go
+//! together are sent as one query (one round trip to sqlx's SQLite thread), each still
+//! committing on its own.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -232,10 +234,12 @@ impl Store {
     ///
     /// Producers share SQLite's one write lock, and a busy producer sleeps in growing steps, so
     /// the dispatcher holds that lock for single statements only, never across a round trip to
-    /// this process: it reads the due rows first (one JSON array, not row by row, since each row
-    /// sqlx streams crosses a thread), then moves exactly those rows to `in_flight`. That is safe
-    /// because only the dispatcher holding the database's lock moves jobs out of `pending`; if a
-    /// row was changed by hand in between, only the rows actually claimed are returned.
+    /// this process. Every round trip to sqlx's SQLite thread costs two thread wake-ups, so the
+    /// claim is one query of several statements, run back to back on that thread: note the due
+    /// ids in a temporary table, move exactly those rows to `in_flight`, and read back the rows
+    /// this claim holds (as one JSON array, not row by row, since each row sqlx streams crosses
+    /// a thread). Only the dispatcher holding the database's lock moves jobs out of `pending`;
+    /// if a row was changed by hand in between, it is simply not among the rows returned.
     ///
     /// The limit is cast because SQLite (3.54, as bundled) plans with the value of a bare
     /// `LIMIT ?` and then prepares the statement afresh each time it is bound (once per claim);
@@ -243,61 +247,41 @@ impl Store {
     pub async fn claim(&self, owner: &str, now: i64, limit: usize) -> Result<Vec<JobRow>> {
         // Read as bytes: a producer may have stored bytes that are not UTF-8 (a BLOB GUID, say),
         // and one such row must fail validation, not stop every claim after it.
-        let picked: Vec<u8> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
+        let claimed: Vec<u8> = sqlx::query_scalar(
+            "CREATE TEMP TABLE IF NOT EXISTS claim_ids (id INTEGER PRIMARY KEY);
+             DELETE FROM temp.claim_ids;
+             INSERT INTO temp.claim_ids
+                 SELECT id FROM revocation_jobs
+                 WHERE status = 'pending' AND run_after <= ?2
+                 ORDER BY id LIMIT CAST(?3 AS INTEGER);
+             UPDATE revocation_jobs
+             SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
+             WHERE id IN temp.claim_ids AND status = 'pending';
+             SELECT json_group_array(json_array(id, CAST(user_id AS TEXT), CAST(entity_id AS TEXT),
                                                 CAST(context_entity_id AS TEXT),
                                                 CAST(access_type AS TEXT), attempts, created_at))
-             FROM (SELECT * FROM revocation_jobs
-                   WHERE status = 'pending' AND run_after <= ?1
-                   ORDER BY id LIMIT CAST(?2 AS INTEGER))",
+             FROM revocation_jobs
+             WHERE id IN temp.claim_ids
+               AND status = 'in_flight' AND claimed_by = ?1 AND claimed_at = ?2",
         )
+        .bind(owner)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await
-        .doing("finding due jobs")?;
-        let mut jobs =
-            parse_job_rows(&String::from_utf8_lossy(&picked)).doing("reading due jobs")?;
-        if jobs.is_empty() {
-            return Ok(jobs);
-        }
-        let ids = json_ids(&jobs.iter().map(|job| job.id).collect::<Vec<_>>());
-        let claimed = sqlx::query(
-            "UPDATE revocation_jobs
-             SET status = 'in_flight', claimed_by = ?1, claimed_at = ?2, updated_at = ?2
-             WHERE id IN (SELECT value FROM json_each(?3)) AND status = 'pending'",
-        )
-        .bind(owner)
-        .bind(now)
-        .bind(&ids)
-        .execute(&self.pool)
-        .await
-        .doing("claiming jobs")?
-        .rows_affected();
-        if usize::try_from(claimed).ok() != Some(jobs.len()) {
-            let held: Vec<JobId> = sqlx::query_scalar(
-                "SELECT id FROM revocation_jobs
-                 WHERE id IN (SELECT value FROM json_each(?1))
-                   AND status = 'in_flight' AND claimed_by = ?2 AND claimed_at = ?3",
-            )
-            .bind(&ids)
-            .bind(owner)
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await
-            .doing("checking claimed jobs")?;
-            jobs.retain(|job| held.contains(&job.id));
-        }
-        Ok(jobs)
+        .doing("claiming due jobs")?;
+        parse_job_rows(&String::from_utf8_lossy(&claimed)).doing("reading claimed jobs")
     }
 
     /// The API accepted `call` carrying `ids`.
     ///
-    /// Three single statements rather than one transaction, to keep each hold of the write lock
-    /// short (see [`Store::claim`]). The request is recorded for status polling first, with the
-    /// ids of its jobs, so no accepted request goes unfollowed; a crash right after it leaves a
-    /// request none of whose jobs carry its id (polled and settled harmlessly: a verdict touches
-    /// only jobs that carry it) and the jobs `in_flight`, which the next start sends again.
+    /// One round trip of three single statements rather than one transaction, to keep each hold
+    /// of the write lock short (see [`Store::claim`]). The request is recorded for status
+    /// polling first (when `first_poll_at` is set), with the ids of its jobs, so no accepted
+    /// request goes unfollowed; a crash right after it leaves a request none of whose jobs carry
+    /// its id (polled and settled harmlessly: a verdict touches only jobs that carry it) and the
+    /// jobs `in_flight`, which the next start sends again. Running it twice (a retry after a
+    /// failed write) records each job once.
     pub async fn mark_submitted(
         &self,
         ids: &[JobId],
@@ -306,40 +290,33 @@ impl Store {
         now: i64,
         first_poll_at: Option<i64>,
     ) -> Result<()> {
-        let ids = json_ids(ids);
-        if let Some(first_poll_at) = first_poll_at {
-            // A request id LeadSquared returned twice (never seen) keeps every job it carried.
-            sqlx::query(
-                "INSERT INTO revoke_requests (request_id, job_count, job_ids, sent_at, next_poll_at)
-                 VALUES (?1, json_array_length(?2), ?2, ?3, ?4)
-                 ON CONFLICT (request_id) DO UPDATE
-                 SET job_count = job_count + excluded.job_count,
-                     job_ids = (SELECT json_group_array(value)
-                                FROM (SELECT value FROM json_each(revoke_requests.job_ids)
-                                      UNION ALL SELECT value FROM json_each(excluded.job_ids)))",
-            )
-            .bind(request_id)
-            .bind(&ids)
-            .bind(now)
-            .bind(first_poll_at)
-            .execute(&self.pool)
-            .await
-            .doing("recording the request for status polling")?;
-        }
+        // A request id LeadSquared returned twice (never seen) keeps every job it carried.
         sqlx::query(
-            "UPDATE revocation_jobs
-             SET status = 'submitted', request_id = ?2, attempts = attempts + 1,
+            "INSERT INTO revoke_requests (request_id, job_count, job_ids, sent_at, next_poll_at)
+             SELECT ?1, json_array_length(?2), ?2, ?3, ?4 WHERE ?4 IS NOT NULL
+             ON CONFLICT (request_id) DO UPDATE
+             SET (job_count, job_ids) =
+                 (SELECT COUNT(*), json_group_array(value)
+                  FROM (SELECT value FROM json_each(revoke_requests.job_ids)
+                        UNION SELECT value FROM json_each(excluded.job_ids)));
+             UPDATE revocation_jobs
+             SET status = 'submitted', request_id = ?1, attempts = attempts + 1,
                  last_error = NULL, submitted_at = ?3, updated_at = ?3,
                  claimed_by = NULL, claimed_at = NULL
-             WHERE id IN (SELECT value FROM json_each(?1))",
+             WHERE id IN (SELECT value FROM json_each(?2));
+             UPDATE api_calls SET http_status = ?6, latency_ms = ?7, request_id = ?1 WHERE id = ?5",
         )
-        .bind(&ids)
         .bind(request_id)
+        .bind(json_ids(ids))
         .bind(now)
+        .bind(first_poll_at)
+        .bind(call.call)
+        .bind(call.http_status)
+        .bind(latency_ms(call.latency))
         .execute(&self.pool)
         .await
-        .doing("recording submitted jobs")?;
-        write_call_end(&self.pool, call).await
+        .doing("recording submitted jobs")
+        .map(drop)
     }
 
     /// Follow requests whose jobs were submitted while status polling was off (they have no
@@ -635,7 +612,17 @@ impl Store {
     }
 
     pub async fn record_call_end(&self, end: &CallEnd<'_>) -> Result<()> {
-        write_call_end(&self.pool, end).await
+        sqlx::query(
+            "UPDATE api_calls SET http_status = ?2, latency_ms = ?3, request_id = ?4 WHERE id = ?1",
+        )
+        .bind(end.call)
+        .bind(end.http_status)
+        .bind(latency_ms(end.latency))
+        .bind(end.request_id)
+        .execute(&self.pool)
+        .await
+        .doing("recording a call's answer")
+        .map(drop)
     }
 
     /// Start times (Unix ms) of the calls made since `since`.
@@ -772,24 +759,6 @@ async fn write_poll<'e>(
     .map(drop)
 }
 
-/// Shared by [`Store::record_call_end`] and [`Store::mark_submitted`].
-async fn write_call_end<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
-    end: &CallEnd<'_>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE api_calls SET http_status = ?2, latency_ms = ?3, request_id = ?4 WHERE id = ?1",
-    )
-    .bind(end.call)
-    .bind(end.http_status)
-    .bind(i64::try_from(end.latency.as_millis()).unwrap_or(i64::MAX))
-    .bind(end.request_id)
-    .execute(executor)
-    .await
-    .doing("recording a call's answer")
-    .map(drop)
-}
-
 /// Rows selected as `id, user_id, entity_id, context_entity_id, access_type, attempts,
 /// created_at`, with the text columns cast so that whatever a producer stored can be read and
 /// reported.
@@ -843,6 +812,10 @@ fn parse_job_rows(json: &str) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
             },
         )
         .collect())
+}
+
+fn latency_ms(latency: Duration) -> i64 {
+    i64::try_from(latency.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn json_ids(ids: &[JobId]) -> String {
