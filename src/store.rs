@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::job::{JobId, JobRow, Status};
+use crate::job::{JobId, JobRow};
 
 /// Producers and operators get this long to wait for a write lock before SQLite says "busy".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -647,22 +647,26 @@ impl Store {
     }
 
     pub async fn status_counts(&self) -> Result<StatusCounts> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM revocation_jobs GROUP BY status")
-                .fetch_all(&self.pool)
-                .await
-                .doing("counting jobs")?;
-        let by_status: BTreeMap<String, u64> = rows
-            .into_iter()
-            .map(|(status, count)| (status, u64::try_from(count).unwrap_or(0)))
-            .collect();
-        let count = |status: Status| by_status.get(status.as_str()).copied().unwrap_or(0);
+        // One pass over the table, without the sort a `GROUP BY status` needs (there is no
+        // index on status: it changes on every step of a job).
+        let counts: (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE status = 'pending'),
+                    COUNT(*) FILTER (WHERE status = 'in_flight'),
+                    COUNT(*) FILTER (WHERE status = 'submitted'),
+                    COUNT(*) FILTER (WHERE status = 'completed'),
+                    COUNT(*) FILTER (WHERE status = 'failed')
+             FROM revocation_jobs",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .doing("counting jobs")?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(StatusCounts {
-            pending: count(Status::Pending),
-            in_flight: count(Status::InFlight),
-            submitted: count(Status::Submitted),
-            completed: count(Status::Completed),
-            failed: count(Status::Failed),
+            pending: count(counts.0),
+            in_flight: count(counts.1),
+            submitted: count(counts.2),
+            completed: count(counts.3),
+            failed: count(counts.4),
         })
     }
 
