@@ -125,13 +125,7 @@ async fn requeue_moves_failed_jobs_back_and_the_worker_sends_them() {
     harness
         .run_until_idle(&[("RETRY__MAX_ATTEMPTS", "1")], LIMIT)
         .await;
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "failed")
-    );
+    harness.assert_all_jobs("failed").await;
 
     let dry = lsq(
         &harness,

@@ -189,13 +189,7 @@ async fn a_restart_mid_polling_resumes_without_sending_revocations_again() {
 
     harness.run_until_idle(&polling(&[]), LIMIT).await;
 
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "completed")
-    );
+    harness.assert_all_jobs("completed").await;
     assert_eq!(
         harness.simulator.stats().revoke_calls,
         revokes,
@@ -236,13 +230,7 @@ async fn confirmations_advance_while_a_backlog_is_being_sent() {
         polls_before * 5 >= revokes - 5,
         "{polls_before} polls before the last of {revokes} revocations"
     );
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "completed")
-    );
+    harness.assert_all_jobs("completed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,13 +269,7 @@ async fn with_polling_off_jobs_stay_submitted_and_are_never_polled() {
         .run_until_idle(&[("STATUS_POLL__ENABLED", "false")], LIMIT)
         .await;
 
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "submitted")
-    );
+    harness.assert_all_jobs("submitted").await;
     assert_eq!(harness.simulator.stats().status_calls, 0);
 }
 

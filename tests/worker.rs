@@ -320,13 +320,7 @@ async fn a_retry_after_on_429_is_honoured_before_the_next_call() {
     let report = harness.run_until_idle(&[], LIMIT).await;
 
     assert!(report.totals.rate_limited > 0, "the test provoked 429s");
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "submitted")
-    );
+    harness.assert_all_jobs("submitted").await;
     // Calls already on their way when a 429 came may land just after it; the next one the
     // dispatcher starts waits the whole Retry-After (twice the window, so the window alone
     // cannot explain the gap).

@@ -132,6 +132,15 @@ impl Harness {
             .collect()
     }
 
+    /// Every job has `status` (and there is at least one); a failure names the first that has not.
+    pub async fn assert_all_jobs(&self, status: &str) {
+        let jobs = self.jobs().await;
+        assert!(!jobs.is_empty(), "no jobs in the table");
+        if let Some(job) = jobs.iter().find(|job| job.status != status) {
+            panic!("every job should be {status}, but {job:?} is not");
+        }
+    }
+
     /// Arrival times of every call the simulator saw on an API route.
     pub fn arrivals(&self) -> Vec<Duration> {
         self.simulator
