@@ -137,14 +137,7 @@ impl Store {
                 .map_err(sqlx::Error::Io)
                 .doing("creating the database directory")?;
         }
-        let pool = SqlitePoolOptions::new()
-            // One connection: the dispatcher's statements are sequential anyway, and SQLite drops
-            // a connection's page cache whenever another connection wrote, so a pool of several
-            // (handed out in turn) would read every page afresh on each statement.
-            .max_connections(1)
-            // sqlx pings a connection each time it is handed out: a round trip to its SQLite
-            // thread before every statement, for a local file that cannot have gone away.
-            .test_before_acquire(false)
+        let pool = one_connection()
             .connect_with(options)
             .await
             .doing("opening the database")?;
@@ -160,9 +153,7 @@ impl Store {
             .doing("reading database.url")?
             .read_only(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
+        let pool = one_connection()
             .connect_with(options)
             .await
             .doing("opening a reader of the database")?;
@@ -816,6 +807,19 @@ fn parse_job_rows(json: &str) -> std::result::Result<Vec<JobRow>, sqlx::Error> {
             },
         )
         .collect())
+}
+
+/// A pool of one connection, as both the dispatcher's store and a reader use.
+///
+/// One connection: the dispatcher's statements are sequential anyway, and SQLite drops a
+/// connection's page cache whenever another connection wrote, so a pool of several (handed out in
+/// turn) would read every page afresh on each statement. No liveness ping when it is handed out:
+/// sqlx's default makes a round trip to its SQLite thread before every statement, for a local
+/// file that cannot have gone away.
+fn one_connection() -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
 }
 
 fn latency_ms(latency: Duration) -> i64 {

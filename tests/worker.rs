@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Harness, MAX_CALLS, WINDOW, job, jobs};
 use lsq_revoker::dispatcher::Exit;
-use lsq_revoker::simulator::max_calls_in_any_window;
+use lsq_revoker::simulator::{Simulator, SimulatorStats, max_calls_in_any_window};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -275,36 +275,12 @@ async fn a_429_pauses_every_call_and_fails_no_job() {
 async fn a_host_answering_404_pauses_everything_until_it_serves_the_api_again() {
     let harness = Harness::start(|_| {}).await;
     harness.simulator.set_wrong_host(true);
-    harness.seed(&jobs(30)).await;
-    let run = tokio::spawn({
-        let settings = harness.settings(&[]);
-        async move { lsq_revoker::app::run(settings, true, Default::default()).await }
-    });
-
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let refused = harness.simulator.stats().not_found;
-    assert!((2..=8).contains(&refused), "{refused} calls while paused");
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "pending" && job.attempts == 0)
-    );
-
-    harness.simulator.set_wrong_host(false);
-    tokio::time::timeout(LIMIT, run)
-        .await
-        .expect("idle in time")
-        .expect("task")
-        .expect("run");
-    assert!(
-        harness
-            .jobs()
-            .await
-            .iter()
-            .all(|job| job.status == "submitted" && job.attempts == 1)
-    );
+    paused_until_mended(
+        &harness,
+        |stats| stats.not_found,
+        |simulator| simulator.set_wrong_host(false),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,6 +327,22 @@ async fn bad_credentials_pause_everything_and_resume_by_themselves_without_spend
     harness
         .simulator
         .set_keys("rotated-access", "rotated-secret");
+    paused_until_mended(
+        &harness,
+        |stats| stats.unauthorized,
+        |simulator| simulator.set_keys(common::ACCESS_KEY, common::SECRET_KEY),
+    )
+    .await;
+}
+
+/// With the simulator refusing the configuration, a run over 30 jobs makes only a handful of
+/// calls (`refused` counts them), spends no attempt and leaves every job pending; once `mend`
+/// puts things right, the run resumes by itself and submits every job with one attempt.
+async fn paused_until_mended(
+    harness: &Harness,
+    refused: impl Fn(&SimulatorStats) -> u64,
+    mend: impl FnOnce(&Simulator),
+) {
     harness.seed(&jobs(30)).await;
     let run = tokio::spawn({
         let settings = harness.settings(&[]);
@@ -358,7 +350,7 @@ async fn bad_credentials_pause_everything_and_resume_by_themselves_without_spend
     });
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let refused = harness.simulator.stats().unauthorized;
+    let refused = refused(&harness.simulator.stats());
     // first call, then probes at ~100, 200, 400, 400 ms...: a handful, not the whole queue
     assert!((2..=8).contains(&refused), "{refused} calls while paused");
     let states = harness.jobs().await;
@@ -369,9 +361,7 @@ async fn bad_credentials_pause_everything_and_resume_by_themselves_without_spend
         "{states:?}"
     );
 
-    harness
-        .simulator
-        .set_keys(common::ACCESS_KEY, common::SECRET_KEY);
+    mend(&harness.simulator);
     tokio::time::timeout(LIMIT, run)
         .await
         .expect("idle in time")
